@@ -1,0 +1,84 @@
+"""One rotating log file per task, `logger_dir/<task_id>.log` (CONTRACT section 5).
+
+A task's handlers are opened when an attempt starts and closed when it ends, counted per task
+so that two attempts of one task in one process share them. The upstream tool cached a
+handler per task forever and leaked a file descriptor with each one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+
+#: The upstream tool's line format: pid, time, level, task id, module:line, message.
+LOG_FORMAT = "[{process:>5}] {asctime} | {levelname: <8} | {task_id} | {module}:{lineno} - {message}"
+MAX_BYTES = 10 * 1024 * 1024
+BACKUP_COUNT = 10
+
+_lock = threading.Lock()
+_open: dict[str, tuple[int, list[logging.Handler]]] = {}
+
+
+def log_path(logger_dir: Path, task_id: str) -> Path:
+    """Where a task's log lives; `task_id` must already be validated."""
+    return logger_dir / f"{task_id}.log"
+
+
+def task_logger(task_id: str) -> logging.Logger:
+    """The logger named `task_id`; it does not propagate, so 'a.b' never writes to a's file."""
+    logger = logging.getLogger(task_id)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    return logger
+
+
+class _TaskFormatter(logging.Formatter):
+    def __init__(self, task_id: str) -> None:
+        super().__init__(LOG_FORMAT.replace("{task_id}", task_id.replace("{", "{{").replace("}", "}}")), style="{")
+
+
+def _handlers(logger_dir: Path, task_id: str) -> list[logging.Handler]:
+    formatter = _TaskFormatter(task_id)
+    handlers: list[logging.Handler] = [
+        RotatingFileHandler(
+            log_path(logger_dir, task_id), maxBytes=MAX_BYTES, backupCount=BACKUP_COUNT,
+            encoding="utf-8", delay=True,
+        )
+    ]
+    if not os.environ.get("DISABLE_STREAM_HANDLER"):
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    return handlers
+
+
+@contextmanager
+def opened(logger: logging.Logger, logger_dir: Path, task_id: str) -> Iterator[logging.Logger]:
+    """Attach the task's file (and console) handlers to `logger` for the duration of an attempt."""
+    with _lock:
+        count, handlers = _open.get(task_id, (0, []))
+        if count == 0:
+            handlers = _handlers(logger_dir, task_id)
+            for handler in handlers:
+                logger.addHandler(handler)
+        _open[task_id] = (count + 1, handlers)
+    try:
+        yield logger
+    finally:
+        with _lock:
+            count, handlers = _open.pop(task_id)
+            if count > 1:
+                _open[task_id] = (count - 1, handlers)
+            else:
+                for handler in handlers:
+                    logger.removeHandler(handler)
+                    handler.close()
+                # The logging module keeps every logger forever; drop the finished task's.
+                if logging.Logger.manager.loggerDict.get(task_id) is logger:
+                    del logging.Logger.manager.loggerDict[task_id]

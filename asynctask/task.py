@@ -1,0 +1,300 @@
+"""`AsyncTask`: the base class users subclass, and the task lifecycle in one place.
+
+submit: validate -> claim (one atomic upsert) -> hand the attempt to a slot
+attempt: start (queued -> running, fenced) -> main -> callback (running -> success/failed, fenced)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import traceback
+import uuid
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from . import attempt as attempts
+from . import logs
+from .attempt import Attempt
+from .errors import AsyncTaskError, InvalidParams, TaskTimeout
+from .executors import Executors, call_main
+from .recovery import Monitor
+from .status import TaskStatus
+from .store import TaskStore, utcnow
+from .validation import Signature, check_keys, check_result, check_task_id
+
+logger = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+
+def _duration(name: str, value: Any, *, optional: bool = False) -> timedelta | None:
+    """Seconds (int/float) or a timedelta, positive; None only when `optional`."""
+    if value is None and optional:
+        return None
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        kind = "None, " if optional else ""
+        raise TypeError(f"{name} must be {kind}seconds (int or float) or a timedelta, not {value!r}")
+    if not seconds > 0:
+        raise ValueError(f"{name} must be positive, not {value!r}")
+    return timedelta(seconds=seconds)
+
+
+class _ProcessState:
+    """What exists once per process: the owner id, the slot pool and the monitor."""
+
+    def __init__(self, task: AsyncTask) -> None:
+        self.pid = os.getpid()
+        self.owner = f"{socket.gethostname()}:{self.pid}:{uuid.uuid4().hex[:8]}"
+        self.monitor = Monitor(
+            task._store, self.owner, task.heartbeat_interval.total_seconds(), task._time_out
+        )
+
+
+class AsyncTask:
+    """Turns `main` into a durable task: run on an executor, recorded in a collection.
+
+    Subclass it and write `main(self, logger, **params)`; see CONTRACT section 1.
+
+    Args:
+        collection: a pymongo `Collection`, or one that behaves like it (`MemoryCollection`).
+        logger_dir: folder for the per-task log files; created if missing.
+        max_worker: threads of the default thread pool.
+        executor: "threads" or any `concurrent.futures.Executor`.
+        task_timeout: seconds or timedelta; a task running longer is failed.
+        rerun_time_limit: seconds or timedelta after which a successful task runs again.
+        outdate_time: the upstream name of `rerun_time_limit`.
+        heartbeat_interval: seconds between heartbeats of this process's tasks.
+        stale_after: seconds without heartbeat after which a task is orphaned (3 x interval).
+        max_content_length: largest HTTP request body accepted, in bytes.
+    """
+
+    def __init__(
+        self,
+        collection: Any,
+        logger_dir: str | os.PathLike[str],
+        max_worker: int | None = None,
+        executor: Any = None,
+        task_timeout: int | float | timedelta = timedelta(hours=4),
+        rerun_time_limit: int | float | timedelta | None = None,
+        *,
+        outdate_time: int | float | timedelta | None = None,
+        heartbeat_interval: int | float | timedelta = 10,
+        stale_after: int | float | timedelta | None = None,
+        max_content_length: int = MiB,
+    ) -> None:
+        missing = [m for m in ("find_one", "find_one_and_update", "update_one") if not hasattr(collection, m)]
+        if missing:
+            raise TypeError(f"collection must behave like a pymongo Collection; it lacks {missing}")
+        if not isinstance(logger_dir, (str, os.PathLike)):
+            raise TypeError(f"logger_dir must be a path, not {type(logger_dir).__name__}")
+        if rerun_time_limit is not None and outdate_time is not None:
+            raise TypeError("give rerun_time_limit or its alias outdate_time, not both")
+        if isinstance(max_content_length, bool) or not isinstance(max_content_length, int) or max_content_length < 1:
+            raise ValueError(f"max_content_length must be a positive int, not {max_content_length!r}")
+        self.collection = collection
+        self.task_timeout = _duration("task_timeout", task_timeout)
+        self.rerun_time_limit = _duration(
+            "rerun_time_limit", outdate_time if rerun_time_limit is None else rerun_time_limit, optional=True
+        )
+        self.heartbeat_interval = _duration("heartbeat_interval", heartbeat_interval)
+        self.stale_after = _duration("stale_after", stale_after, optional=True) or 3 * self.heartbeat_interval
+        self.max_content_length = max_content_length
+        self._signature = Signature(self.main)
+        self._executors = Executors(executor, max_worker)
+        self._store = TaskStore(collection)
+        self._state: _ProcessState | None = None
+        self._state_lock = threading.Lock()
+        self.logger_dir = Path(logger_dir)
+        self.logger_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def outdate_time(self) -> timedelta | None:
+        """The upstream name of `rerun_time_limit`."""
+        return self.rerun_time_limit
+
+    # -- hooks a subclass may override ------------------------------------------------------
+
+    def main(self, logger: logging.Logger, **params: Any) -> Any:
+        """The work of the task; its return value is the result. Subclasses must override it."""
+        raise NotImplementedError(f"{type(self).__name__} must define main(self, logger, ...)")
+
+    def get_task_id(self, **params: Any) -> str:
+        """The id of the task for `params`; equal ids for equal params avoid duplicates."""
+        return uuid.uuid4().hex
+
+    def retrieve(self, task_id: str) -> dict[str, Any] | None:
+        """The public view of the task (CONTRACT section 3), or None if it is unknown."""
+        return self._store.public(task_id)
+
+    def get_logger(self, task_id: str) -> logging.Logger:
+        """The task's logger, named `task_id`; its file is open while an attempt runs."""
+        return logs.task_logger(task_id)
+
+    def callback(self, future: Future, task_id: str) -> Any:
+        """Record how `main` ended: success + result, or failed + error text; returns the result."""
+        current = attempts.current(task_id)
+        number = current.number if current else None
+        task_log = self.get_logger(task_id)
+        try:
+            result = future.result()
+            check_result(result)
+        except BaseException as exc:  # noqa: BLE001 - any failure of main fails the task
+            error = _error_text(exc)
+            task_log.error("task failed: %s", error)
+            self._store.finish(task_id, TaskStatus.FAILED, attempt=number, error=error)
+            return None
+        if self._store.finish(task_id, TaskStatus.SUCCESS, attempt=number, result=result):
+            task_log.info("task succeeded")
+        else:
+            task_log.warning("result discarded: this attempt is no longer the task's current one")
+        return result
+
+    # -- public API -------------------------------------------------------------------------
+
+    def run(self, task_id: str = "", **params: Any) -> str:
+        """Submit a task by the run rule (CONTRACT section 1) and return its id."""
+        return self._submit(task_id, params)["task_id"]
+
+    def _submit(self, task_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Like `run`, but return the task's document as the claim left it."""
+        if task_id:
+            check_task_id(task_id)
+            if params:
+                raise InvalidParams("task_id re-runs a stored task with its stored params; give no other params")
+            params = self._store.stored_params(task_id)
+        else:
+            if not isinstance(task_id, str):
+                check_task_id(task_id)
+            self._signature.check(params)
+            try:
+                task_id = self.get_task_id(**params)
+            except (TypeError, ValueError) as exc:
+                if isinstance(exc, AsyncTaskError):
+                    raise
+                raise InvalidParams(f"get_task_id refused the params: {exc}") from exc
+            check_task_id(task_id)
+        state = self._process()
+        doc, claimed = self._store.claim(
+            task_id, params, owner=state.owner, stale_after=self.stale_after,
+            rerun_after=self.rerun_time_limit,
+        )
+        if claimed:
+            state.monitor.start()
+            self._executors.slots().submit(self._run_attempt, Attempt(task_id, doc["attempts"], params))
+        return doc
+
+    def update_task(self, task_id: str, data: dict[str, Any]) -> None:
+        """Upsert fields of the task's document and stamp `update_time`."""
+        check_task_id(task_id)
+        if not isinstance(data, dict):
+            raise TypeError(f"data must be a dict, not {type(data).__name__}")
+        check_keys(data, "data")
+        self._store.update(task_id, data)
+
+    def app(self, endpoint: str = "/api") -> Any:
+        """A Flask app serving this task at `endpoint` (CONTRACT section 4)."""
+        from .web import create_app
+
+        return create_app(self, endpoint)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the executor and the background thread of this process."""
+        with self._state_lock:
+            state, self._state = self._state, None
+        self._executors.shutdown(wait=wait)
+        if state is not None:
+            state.monitor.stop()
+
+    # -- the lifecycle ----------------------------------------------------------------------
+
+    def _process(self) -> _ProcessState:
+        state = self._state
+        if state is None or state.pid != os.getpid():
+            with self._state_lock:
+                if self._state is None or self._state.pid != os.getpid():
+                    self._state = _ProcessState(self)
+                state = self._state
+        return state
+
+    def _run_attempt(self, attempt: Attempt) -> None:
+        """One attempt, start to end, in a slot thread."""
+        monitor = self._process().monitor
+        deadline = utcnow() + self.task_timeout
+        if not self._store.start(attempt.task_id, attempt.number, deadline):
+            return
+        monitor.track(attempt, deadline)
+        try:
+            with attempts.running(attempt), logs.opened(
+                self.get_logger(attempt.task_id), self.logger_dir, attempt.task_id
+            ) as task_log:
+                self._callback_safely(self._call(attempt, task_log), attempt)
+        finally:
+            monitor.untrack(attempt)
+
+    def _call(self, attempt: Attempt, task_log: logging.Logger) -> Future:
+        """Run `main` in this thread or on the remote executor; a done future either way."""
+        remote = self._executors.remote
+        if remote is not None:
+            future = remote.submit(call_main, self, attempt.task_id, attempt.params)
+            try:
+                future.exception(timeout=self.task_timeout.total_seconds())
+            except FutureTimeout:
+                future.cancel()
+                return _done(exception=TaskTimeout(f"task ran longer than {self.task_timeout}"))
+            return future
+        try:
+            return _done(result=self.main(logger=task_log, **attempt.params))
+        except BaseException as exc:  # noqa: BLE001 - recorded as the task's error
+            return _done(exception=exc)
+
+    def _callback_safely(self, future: Future, attempt: Attempt) -> None:
+        """Call the `callback` hook; if it raises, log it and fail the attempt instead."""
+        try:
+            self.callback(future, attempt.task_id)
+        except Exception as exc:
+            logger.exception("callback of task %s failed", attempt.task_id)
+            self._store.finish(
+                attempt.task_id, TaskStatus.FAILED, attempt=attempt.number,
+                error=f"recording the task's outcome failed: {type(exc).__name__}: {exc}",
+            )
+
+    def _time_out(self, attempt: Attempt) -> None:
+        """Fail an attempt past its deadline; its late result is then fenced out."""
+        error = f"TaskTimeout: task ran longer than task_timeout ({self.task_timeout})"
+        if self._store.finish(attempt.task_id, TaskStatus.FAILED, attempt=attempt.number, error=error):
+            self.get_logger(attempt.task_id).error("task timed out after %s", self.task_timeout)
+        attempt.cancel_event.set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a child process needs to run `main`: no collection, pool or thread."""
+        state = self.__dict__.copy()
+        for name in ("collection", "_store", "_executors", "_state", "_state_lock"):
+            state.pop(name, None)
+        return state
+
+
+def _done(*, result: Any = None, exception: BaseException | None = None) -> Future:
+    future: Future = Future()
+    future.set_running_or_notify_cancel()
+    if exception is not None:
+        future.set_exception(exception)
+    else:
+        future.set_result(result)
+    return future
+
+
+def _error_text(exc: BaseException) -> str:
+    """The error stored for a failed task: a traceback, or one line for our own errors."""
+    if isinstance(exc, AsyncTaskError):
+        return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).strip()

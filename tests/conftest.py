@@ -1,0 +1,80 @@
+"""Shared fixtures: a collection per backend, task factories, waiting with a deadline."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from asynctask import AsyncTask, MemoryCollection
+from asynctask.status import FINISHED
+
+MONGO_URI = os.environ.get("ASYNCTASK_TEST_MONGO_URI")
+
+os.environ.setdefault("DISABLE_STREAM_HANDLER", "1")
+
+
+@pytest.fixture(params=["memory", "mongo"])
+def collection(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh, empty task collection: in memory, and on a real MongoDB when one is given."""
+    if request.param == "memory":
+        yield MemoryCollection()
+        return
+    if not MONGO_URI:
+        pytest.skip("ASYNCTASK_TEST_MONGO_URI is not set")
+    from pymongo import MongoClient
+
+    client: MongoClient = MongoClient(MONGO_URI, tz_aware=True, serverSelectionTimeoutMS=5000)
+    coll = client.get_database("asynctask_test").get_collection(f"t_{uuid.uuid4().hex[:12]}")
+    yield coll
+    coll.drop()
+    client.close()
+
+
+@pytest.fixture
+def memory() -> MemoryCollection:
+    """A fresh in-memory collection, for tests that need no other backend."""
+    return MemoryCollection()
+
+
+@pytest.fixture
+def make_task(tmp_path: Any) -> Iterator[Callable[..., AsyncTask]]:
+    """Build task instances (logs in a temp folder) and shut them all down afterwards."""
+    made: list[AsyncTask] = []
+
+    def make(cls: type[AsyncTask], collection: Any = None, **kwargs: Any) -> AsyncTask:
+        kwargs.setdefault("max_worker", 4)
+        task = cls(collection if collection is not None else MemoryCollection(), tmp_path / "logs", **kwargs)
+        made.append(task)
+        return task
+
+    yield make
+    for task in made:
+        for gate in (getattr(task, "gate", None),):
+            if gate is not None:
+                gate.set()
+        task.shutdown(wait=True)
+
+
+def wait_for(
+    task: AsyncTask, task_id: str, statuses: tuple[str, ...] = FINISHED, timeout: float = 10.0
+) -> dict[str, Any]:
+    """Poll the task's public view until its status is one of `statuses`; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    view = None
+    while time.monotonic() < deadline:
+        view = task.retrieve(task_id)
+        if view is not None and view["status"] in statuses:
+            return view
+        time.sleep(0.005)
+    raise AssertionError(f"task {task_id} did not reach {statuses} within {timeout}s: {view}")
+
+
+@pytest.fixture(name="wait_for")
+def wait_for_fixture() -> Callable[..., dict[str, Any]]:
+    """`wait_for(task, task_id, statuses=FINISHED, timeout=10)`."""
+    return wait_for
