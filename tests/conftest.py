@@ -18,17 +18,28 @@ MONGO_URI = os.environ.get("ASYNCTASK_TEST_MONGO_URI")
 os.environ.setdefault("DISABLE_STREAM_HANDLER", "1")
 
 
+@pytest.fixture(scope="session")
+def mongo_uri() -> Iterator[str]:
+    """A MongoDB that several processes share: ASYNCTASK_TEST_MONGO_URI, else the test wire server."""
+    if MONGO_URI:
+        yield MONGO_URI
+        return
+    from mongo_wire import running_server
+
+    with running_server() as uri:
+        yield uri
+
+
 @pytest.fixture(params=["memory", "mongo"])
 def collection(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A fresh, empty task collection: in memory, and on a real MongoDB when one is given."""
+    """A fresh, empty task collection: in memory, and through pymongo on `mongo_uri`."""
     if request.param == "memory":
         yield MemoryCollection()
         return
-    if not MONGO_URI:
-        pytest.skip("ASYNCTASK_TEST_MONGO_URI is not set")
     from pymongo import MongoClient
 
-    client: MongoClient = MongoClient(MONGO_URI, tz_aware=True, serverSelectionTimeoutMS=5000)
+    uri = request.getfixturevalue("mongo_uri")
+    client: MongoClient = MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=5000)
     coll = client.get_database("asynctask_test").get_collection(f"t_{uuid.uuid4().hex[:12]}")
     yield coll
     coll.drop()

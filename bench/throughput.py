@@ -1,0 +1,317 @@
+"""Throughput and HTTP latency of asynctask on the in-memory store, against bare baselines.
+
+Measures, in one process:
+1. no-op tasks through `AsyncTask.run()` to `success` on `max_worker` threads, in tasks/s;
+2. a bare `ThreadPoolExecutor` making the same three store writes per task, in tasks/s;
+3. database calls per task, counted by a proxy around the collection;
+4. POST latency (p50/p99) through Flask's test client, against a trivial Flask route.
+
+mongomock scans the whole collection on every query, so each batch of tasks (or requests)
+gets a fresh collection and a fresh `AsyncTask`; the baseline is batched the same way.
+
+Run from the repository root:
+
+    python bench/throughput.py [--tasks 10000] [--batch 500] [--threads 8] [--posts 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+os.environ["DISABLE_STREAM_HANDLER"] = "1"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from flask import Flask, jsonify, request  # noqa: E402
+from pymongo import ReturnDocument  # noqa: E402
+
+from asynctask import AsyncTask, MemoryCollection  # noqa: E402
+
+BATCH_DEADLINE_S = 120.0
+POST_BATCH = 200
+PER_PROCESS_METHODS = ("create_index", "update_many")
+
+
+class NoOp(AsyncTask):
+    """A task that does nothing, so only asynctask's own cost is measured."""
+
+    def get_task_id(self, i: int) -> str:
+        """One id per task number, unique across batches."""
+        return f"t{i}"
+
+    def main(self, logger: Any, i: int) -> None:
+        """Do nothing."""
+        return None
+
+
+class CountingCollection:
+    """Proxy that counts every method call by name and signals once `expected` tasks succeeded."""
+
+    def __init__(self, target: Any, expected: int) -> None:
+        self._target = target
+        self._expected = expected
+        self._lock = threading.Lock()
+        self.calls: Counter[str] = Counter()
+        self.succeeded = 0
+        self.done = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        if not callable(value):
+            return value
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            result = value(*args, **kwargs)
+            self._record(name, args, kwargs, result)
+            return result
+
+        return counted
+
+    def _record(self, name: str, args: tuple, kwargs: dict[str, Any], result: Any) -> None:
+        """Count the call; count a success write that matched a document."""
+        success = name == "update_one" and _sets_success(args, kwargs) and result.matched_count == 1
+        with self._lock:
+            self.calls[name] += 1
+            if success:
+                self.succeeded += 1
+                if self.succeeded >= self._expected:
+                    self.done.set()
+
+    def wait(self, timeout: float) -> None:
+        """Block until `expected` tasks succeeded; raise `TimeoutError` after `timeout` s."""
+        if not self.done.wait(timeout):
+            raise TimeoutError(f"only {self.succeeded} of {self._expected} tasks succeeded in {timeout:.0f} s")
+
+
+def _sets_success(args: tuple, kwargs: dict[str, Any]) -> bool:
+    """Whether an `update_one(filter, update)` call sets status to success."""
+    update = args[1] if len(args) > 1 else kwargs.get("update", {})
+    return update.get("$set", {}).get("status") == "success"
+
+
+@dataclass
+class Totals:
+    """Elapsed seconds and database calls summed over batches."""
+
+    seconds: float = 0.0
+    calls: Counter[str] = field(default_factory=Counter)
+
+    def add(self, seconds: float, calls: Counter[str]) -> None:
+        """Add one batch."""
+        self.seconds += seconds
+        self.calls.update(calls)
+
+
+def library_batch(first: int, size: int, threads: int, log_dir: str) -> tuple[float, Counter[str]]:
+    """Seconds from the first `run()` to the last success for one batch, and its database calls."""
+    collection = CountingCollection(MemoryCollection(), size)
+    task = NoOp(collection, log_dir, max_worker=threads)
+    try:
+        start = time.perf_counter()
+        for i in range(first, first + size):
+            task.run(i=i)
+        collection.wait(BATCH_DEADLINE_S)
+        elapsed = time.perf_counter() - start
+    finally:
+        task.shutdown()
+    return elapsed, collection.calls
+
+
+def _noop() -> None:
+    """The baseline's task body."""
+
+
+def _baseline_attempt(collection: CountingCollection, task_id: str, number: int) -> None:
+    """Mark running, call the no-op, mark success: the library's writes with plain filters."""
+    now = datetime.now(timezone.utc)
+    collection.update_one(
+        {"task_id": task_id, "status": "queued", "attempts": number},
+        {"$set": {"status": "running", "started_at": now, "deadline": now + timedelta(hours=4),
+                  "heartbeat_at": now, "update_time": now}},
+    )
+    _noop()
+    now = datetime.now(timezone.utc)
+    collection.update_one(
+        {"task_id": task_id, "status": "running", "attempts": number},
+        {"$set": {"status": "success", "finished_at": now, "result": None, "error": None, "update_time": now},
+         "$unset": {"owner": ""}},
+    )
+
+
+def baseline_batch(first: int, size: int, threads: int) -> tuple[float, Counter[str]]:
+    """The same batch on a bare `ThreadPoolExecutor`: upsert here, running + success in a thread."""
+    collection = CountingCollection(MemoryCollection(), size)
+    start = time.perf_counter()
+    collection.create_index([("task_id", 1)], unique=True)
+    pool = ThreadPoolExecutor(threads)
+    try:
+        for i in range(first, first + size):
+            now = datetime.now(timezone.utc)
+            doc = collection.find_one_and_update(
+                {"task_id": f"t{i}"},
+                {"$set": {"status": "queued", "params": {"i": i}, "owner": "bench", "heartbeat_at": now,
+                          "queued_at": now, "update_time": now},
+                 "$inc": {"attempts": 1}, "$setOnInsert": {"created_at": now}},
+                upsert=True, return_document=ReturnDocument.AFTER,
+            )
+            pool.submit(_baseline_attempt, collection, doc["task_id"], doc["attempts"])
+        collection.wait(BATCH_DEADLINE_S)
+        elapsed = time.perf_counter() - start
+    finally:
+        pool.shutdown()
+    return elapsed, collection.calls
+
+
+def batches(total: int, size: int) -> list[tuple[int, int]]:
+    """(first task number, batch size) for each batch."""
+    return [(first, min(size, total - first)) for first in range(0, total, size)]
+
+
+def measure_throughput(tasks: int, batch: int, threads: int, log_dir: str) -> tuple[Totals, Totals]:
+    """Library and baseline totals, their batches interleaved so drift hits both alike."""
+    library, baseline = Totals(), Totals()
+    for first, size in batches(tasks, batch):
+        library.add(*library_batch(first, size, threads, log_dir))
+        baseline.add(*baseline_batch(first, size, threads))
+    return library, baseline
+
+
+def timed_posts(client: Any, path: str, numbers: range) -> list[float]:
+    """Milliseconds of each POST of `{"data": {"i": n}}`, checked to be accepted."""
+    latencies = []
+    for n in numbers:
+        start = time.perf_counter()
+        response = client.post(path, json={"data": {"i": n}})
+        latencies.append((time.perf_counter() - start) * 1000)
+        if response.status_code != 202:
+            raise RuntimeError(f"POST {path} answered {response.status_code}: {response.get_data(as_text=True)}")
+    return latencies
+
+
+def asynctask_posts(posts: int, threads: int, log_dir: str, offset: int) -> list[float]:
+    """POST latencies to `api.app("/api")`, a fresh collection and `AsyncTask` per batch."""
+    latencies: list[float] = []
+    for first, size in batches(posts, POST_BATCH):
+        task = NoOp(MemoryCollection(), log_dir, max_worker=threads)
+        try:
+            client = task.app("/api").test_client()
+            latencies += timed_posts(client, "/api", range(offset + first, offset + first + size))
+        finally:
+            task.shutdown()
+    return latencies
+
+
+def trivial_app() -> Flask:
+    """A Flask app whose POST /api parses the body and answers a same-sized 202 envelope."""
+    app = Flask("trivial")
+
+    @app.post("/api")
+    def submit() -> Any:
+        request.get_json()
+        body = {"status": "ok", "data": {"task_id": uuid.uuid4().hex[:8], "status": "queued"},
+                "error_data": [], "error_msg": ""}
+        return jsonify(body), 202, {"Location": "/api/t0000000"}
+
+    return app
+
+
+def trivial_posts(posts: int) -> list[float]:
+    """POST latencies to the trivial route."""
+    return timed_posts(trivial_app().test_client(), "/api", range(posts))
+
+
+def percentile(values: list[float], q: int) -> float:
+    """The q-th percentile of `values`."""
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def per_task_breakdown(calls: Counter[str], tasks: int) -> tuple[float, str, str]:
+    """Per-task calls, their breakdown, and the calls made per process or per interval."""
+    per_task = {name: n for name, n in calls.items() if name not in PER_PROCESS_METHODS}
+    total = sum(per_task.values()) / tasks
+    detail = ", ".join(f"{name} {n / tasks:.2f}" for name, n in sorted(per_task.items()))
+    other = ", ".join(f"{name} {calls.get(name, 0)}" for name in PER_PROCESS_METHODS)
+    return total, detail, other
+
+
+def report(args: argparse.Namespace, library: Totals, baseline: Totals,
+           posts: tuple[list[float], list[float]]) -> None:
+    """Print the figures."""
+    n_batches = len(batches(args.tasks, args.batch))
+    library_rate, baseline_rate = args.tasks / library.seconds, args.tasks / baseline.seconds
+    total, detail, other = per_task_breakdown(library.calls, args.tasks)
+    baseline_total, _, _ = per_task_breakdown(baseline.calls, args.tasks)
+    print(f"asynctask throughput (in-memory store, {args.threads} threads, "
+          f"{args.tasks:,} no-op tasks in {n_batches} batches of {args.batch})")
+    print("  each batch: fresh MemoryCollection + fresh AsyncTask (mongomock scans the whole")
+    print("  collection per query; one big collection would measure mongomock, not asynctask)")
+    print(f"  asynctask run() -> success : {library_rate:,.0f} tasks/s")
+    print(f"  bare ThreadPoolExecutor     : {baseline_rate:,.0f} tasks/s "
+          f"(same 3 writes per task, same batching; {baseline_total:.2f} calls/task)")
+    print(f"  ratio (baseline / asynctask): {baseline_rate / library_rate:.2f}x  [aim <= 1.5x]")
+    print(f"  database calls per task     : {total:.2f}  [aim <= 3] ({detail})")
+    print(f"  not per task, in all        : {other} "
+          f"(indexes once per AsyncTask/process, i.e. per batch here; heartbeat once per interval)")
+    asynctask_ms, trivial_ms = posts
+    print(f"HTTP POST latency (Flask test client, {len(asynctask_ms):,} requests, "
+          f"fresh collection every {POST_BATCH})")
+    for name, values in (("asynctask POST /api", asynctask_ms), ("trivial Flask route", trivial_ms)):
+        print(f"  {name}  p50 {percentile(values, 50):.2f} ms  p99 {percentile(values, 99):.2f} ms")
+    ratio = percentile(asynctask_ms, 50) / percentile(trivial_ms, 50)
+    print(f"  ratio p50 (asynctask / trivial): {ratio:.1f}x")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=_positive, default=10_000, help="no-op tasks to run (10000)")
+    parser.add_argument("--batch", type=_positive, default=500, help="tasks per fresh collection (500)")
+    parser.add_argument("--threads", type=_positive, default=8, help="worker threads (8)")
+    parser.add_argument("--posts", type=_positive, default=1_000, help="HTTP POSTs to time (1000)")
+    return parser.parse_args(argv)
+
+
+def _positive(text: str) -> int:
+    """An int of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def warm_up(log_dir: str, threads: int) -> None:
+    """Run a few tasks and requests once so imports and first-use costs stay out of the figures."""
+    library_batch(-20, 10, threads, log_dir)
+    baseline_batch(-20, 10, threads)
+    asynctask_posts(10, threads, log_dir, offset=-1_000_000)
+    trivial_posts(10)
+
+
+def run(argv: list[str] | None = None, clock: Callable[[], float] = time.perf_counter) -> int:
+    """Run every measurement and print the report; returns the exit status."""
+    args = parse_args(argv)
+    started = clock()
+    with tempfile.TemporaryDirectory(prefix="asynctask-bench-") as log_dir:
+        warm_up(log_dir, args.threads)
+        library, baseline = measure_throughput(args.tasks, args.batch, args.threads, log_dir)
+        posts = (asynctask_posts(args.posts, args.threads, log_dir, offset=args.tasks), trivial_posts(args.posts))
+    report(args, library, baseline, posts)
+    print(f"(benchmark ran in {clock() - started:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
