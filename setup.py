@@ -19,12 +19,14 @@ setup(
         "pymongo>=4.4",
         "mongomock>=4.1",
         "gunicorn>=21.2",
+        "pebble>=5.0",
     ],
     extras_require={
         "test": ["pytest>=7.4"],
         "dev": ["pytest>=7.4", "ruff>=0.5", "tox>=4"],
+        "dask": ["distributed>=2023.1"],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["asynctask = asynctask.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Framework :: Flask",

@@ -16,12 +16,23 @@ from typing import Any
 
 @dataclass(eq=False)
 class Attempt:
-    """A claimed task: its id, its attempt number and the params `main` is called with."""
+    """A claimed task: its id, its attempt number and the params `main` is called with.
+
+    `stop(reason)` asks the attempt to end early ("timeout", "cancelled", "shutdown"); `wake`
+    is set then, and when `main` finishes on a remote executor.
+    """
 
     task_id: str
     number: int
     params: dict[str, Any]
-    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    stop_reason: str | None = None
+    wake: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def stop(self, reason: str) -> None:
+        """Ask the attempt to end; the first reason given is kept."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.wake.set()
 
 
 _current: ContextVar[Attempt | None] = ContextVar("asynctask_attempt", default=None)

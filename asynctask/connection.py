@@ -38,6 +38,15 @@ class LazyMongoCollection:
         return self._collection
 
     def __getattr__(self, name: str) -> Any:
+        from pymongo.collection import Collection
+
+        if callable(getattr(Collection, name, None)):
+            # A method is looked up without connecting; the client is made when it is called.
+            def method(*args: Any, **kwargs: Any) -> Any:
+                return getattr(self._get(), name)(*args, **kwargs)
+
+            method.__name__ = name
+            return method
         return getattr(self._get(), name)
 
     def __repr__(self) -> str:

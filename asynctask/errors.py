@@ -43,3 +43,9 @@ class ResultNotStorable(AsyncTaskError, TypeError):
 
 class TaskTimeout(AsyncTaskError, TimeoutError):
     """Raised when a task runs longer than its `task_timeout`."""
+
+
+class ShuttingDown(AsyncTaskError, RuntimeError):
+    """Raised when a task is submitted to a process that is shutting down."""
+
+    http_status = 503

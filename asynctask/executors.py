@@ -1,18 +1,19 @@
 """Where attempts run.
 
 Each attempt occupies a slot thread of this process for its whole lifecycle (start, `main`,
-record). With threads, `main` runs in the slot itself. With any other executor, `main` is
-sent to that executor and the slot waits for it, which is how a timeout ends it.
+record). With threads, `main` runs in the slot itself. With processes, Dask or any other
+executor, `main` is sent there and the slot waits for it, so a timeout or a cancel can end it.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import threading
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import logs
 
@@ -30,59 +31,119 @@ def check_max_worker(max_worker: Any) -> int | None:
     return max_worker
 
 
+class KillablePool(Executor):
+    """A process pool (pebble) whose `Future.cancel()` ends the child running that task.
+
+    Children are spawned, not forked, so a pool made in a threaded server is safe; the
+    task's class must therefore be importable.
+    """
+
+    def __init__(self, max_workers: int) -> None:
+        import pebble
+
+        self._pool = pebble.ProcessPool(max_workers=max_workers, context=multiprocessing.get_context("spawn"))
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        return self._pool.schedule(fn, args=args, kwargs=kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if wait and not cancel_futures:
+            self._pool.close()
+        else:
+            self._pool.stop()
+        self._pool.join()
+
+
+def _dask_executor(address: str) -> Executor:
+    """A `concurrent.futures` executor on the Dask cluster at `address` (extra `asynctask[dask]`)."""
+    try:
+        from distributed import Client
+    except ImportError as exc:  # pragma: no cover - depends on the extra
+        raise RuntimeError("executor='dask://...' needs the dask extra: pip install 'asynctask[dask]'") from exc
+    return Client(address, set_as_default=False).get_executor()
+
+
 class Executors:
     """The slot pool of this process and, when `main` runs elsewhere, the executor it runs on.
 
-    Nothing is started until first use, so an `AsyncTask` built before a fork starts no thread.
+    `spec` is None or "threads", "processes", "dask://host:port", or an `Executor`. Nothing is
+    started until first use in a process, so an `AsyncTask` built before a fork starts nothing.
     """
 
     def __init__(self, spec: Any, max_worker: int | None) -> None:
         self.max_worker = check_max_worker(max_worker)
         if spec is None or spec == "threads":
-            self._given: Executor | None = None
+            self.kind = "threads"
+        elif spec == "processes":
+            self.kind = "processes"
+        elif isinstance(spec, str) and spec.startswith("dask://") and len(spec) > len("dask://"):
+            self.kind = "dask"
         elif isinstance(spec, Executor):
-            self._given = spec
+            self.kind = "threads" if isinstance(spec, ThreadPoolExecutor) else "executor"
         else:
             raise ValueError(
-                f"executor must be 'threads' or a concurrent.futures.Executor, not {spec!r}"
+                f"executor must be 'threads', 'processes', 'dask://host:port' or a "
+                f"concurrent.futures.Executor, not {spec!r}"
             )
+        self._spec = spec
         self._lock = threading.Lock()
-        self._slots: Executor | None = None
         self._pid: int | None = None
+        self._slots: Executor | None = None
+        self._remote: Executor | None = None
 
     @property
-    def remote(self) -> Executor | None:
-        """The executor `main` is sent to, or None when it runs in the slot thread."""
-        if self._given is None or isinstance(self._given, ThreadPoolExecutor):
-            return None
-        return self._given
+    def capacity(self) -> int:
+        """How many attempts this process runs at once."""
+        if self.max_worker:
+            return self.max_worker
+        given = getattr(self._spec, "_max_workers", None)
+        if given:
+            return int(given)
+        cpus = os.cpu_count() or 1
+        return cpus if self.kind == "processes" else min(32, cpus + 4)
+
+    def _start(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            if self.kind == "threads" and isinstance(self._spec, Executor):
+                self._slots, self._remote = self._spec, None
+            else:
+                self._slots = ThreadPoolExecutor(self.capacity, thread_name_prefix="asynctask")
+                if self.kind == "processes":
+                    self._remote = KillablePool(self.capacity)
+                elif self.kind == "dask":
+                    self._remote = _dask_executor(self._spec[len("dask://"):])
+                else:
+                    self._remote = self._spec if self.kind == "executor" else None
+            self._pid = os.getpid()
 
     def slots(self) -> Executor:
         """The executor attempts run on, made on first use in this process."""
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    if isinstance(self._given, ThreadPoolExecutor):
-                        self._slots = self._given
-                    else:
-                        workers = self.max_worker or getattr(self._given, "_max_workers", None)
-                        self._slots = ThreadPoolExecutor(workers, thread_name_prefix="asynctask")
-                    self._pid = os.getpid()
+        self._start()
         assert self._slots is not None
         return self._slots
+
+    def remote(self) -> Executor | None:
+        """The executor `main` is sent to, or None when it runs in the slot thread."""
+        self._start()
+        return self._remote
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop taking work; with `wait`, return once running attempts are done."""
         with self._lock:
-            slots, self._slots, self._pid = self._slots, None, None
-        if slots is not None:
-            slots.shutdown(wait=wait, cancel_futures=not wait)
-        if self.remote is not None:
-            self.remote.shutdown(wait=wait)
+            slots, remote, self._slots, self._remote, self._pid = self._slots, self._remote, None, None, None
+        for executor in (slots, remote):
+            if executor is not None:
+                try:
+                    executor.shutdown(wait=wait, cancel_futures=not wait)
+                except TypeError:  # executors older than Python 3.9's signature (Dask's)
+                    executor.shutdown(wait=wait)
 
 
 def call_main(task: Any, task_id: str, params: dict[str, Any]) -> Any:
     """Run `task.main` where an executor put it, logging to the task's file."""
-    logger_dir = Path(task.logger_dir)
-    with logs.opened(task.get_logger(task_id), logger_dir, task_id) as task_log:
+    with logs.opened(task.get_logger(task_id), Path(task.logger_dir), task_id) as task_log:
         return task.main(logger=task_log, **params)

@@ -79,6 +79,21 @@ def opened(logger: logging.Logger, logger_dir: Path, task_id: str) -> Iterator[l
                 for handler in handlers:
                     logger.removeHandler(handler)
                     handler.close()
-                # The logging module keeps every logger forever; drop the finished task's.
-                if logging.Logger.manager.loggerDict.get(task_id) is logger:
-                    del logging.Logger.manager.loggerDict[task_id]
+                _forget(logger)
+
+
+def _forget(logger: logging.Logger) -> None:
+    """Drop a finished task's logger, and the placeholders its dotted name made, from logging's
+    registry, which otherwise keeps every logger forever."""
+    registry = logging.Logger.manager.loggerDict
+    with logging._lock:  # type: ignore[attr-defined]  # the registry's own lock
+        if registry.get(logger.name) is not logger:
+            return
+        del registry[logger.name]
+        parts = logger.name.split(".")
+        for end in range(len(parts) - 1, 0, -1):
+            holder = registry.get(".".join(parts[:end]))
+            if isinstance(holder, logging.PlaceHolder):
+                holder.loggerMap.pop(logger, None)
+                if not holder.loggerMap:
+                    del registry[".".join(parts[:end])]

@@ -35,6 +35,10 @@ class _Locked:
         with self._lock:
             return iter(list(self._target))
 
+    def __next__(self) -> Any:
+        with self._lock:
+            return next(self._target)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._target!r})"
 

@@ -1,7 +1,9 @@
-"""The per-process background thread: heartbeats this owner's tasks, times out its attempts.
+"""The per-process background thread: heartbeats, timeouts, and recovery of orphaned tasks.
 
 Heartbeats are one `update_many` per interval for all of a process's tasks, never one write
-per task. A task whose owner stops heartbeating becomes claimable by the run rule.
+per task. A task whose owner stops heartbeating is orphaned: every interval, each live process
+with a free slot claims orphans atomically (like RQ's `StartedJobRegistry.cleanup`, but by
+claim, so two sweepers never take the same task).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 class Monitor:
-    """Heartbeats `owner`'s active tasks every `interval` s and reports attempts past deadline."""
+    """Every `interval` s: heartbeat `owner`'s tasks, then `on_sweep()`; `on_timeout(attempt)` at deadlines."""
 
     def __init__(
         self,
@@ -27,9 +29,10 @@ class Monitor:
         owner: str,
         interval: float,
         on_timeout: Callable[[Attempt], None],
+        on_sweep: Callable[[], None],
     ) -> None:
         self._store, self._owner, self._interval = store, owner, interval
-        self._on_timeout = on_timeout
+        self._on_timeout, self._on_sweep = on_timeout, on_sweep
         self._cond = threading.Condition()
         self._deadlines: dict[Attempt, datetime] = {}
         self._thread: threading.Thread | None = None
@@ -82,6 +85,7 @@ class Monitor:
                 _logged(self._on_timeout, attempt)
             if time.monotonic() >= next_beat:
                 _logged(self._store.heartbeat, self._owner)
+                _logged(self._on_sweep)
                 next_beat = time.monotonic() + self._interval
 
 

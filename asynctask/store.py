@@ -113,9 +113,12 @@ class TaskStore:
         attempt: int | None = None,
         fields: Mapping[str, Any] | None = None,
         unset: tuple[str, ...] = (),
+        match: Mapping[str, Any] | None = None,
         now: datetime | None = None,
     ) -> bool:
         """Move a task to status `to` if its current status allows it; fenced by `attempt`.
+
+        `match` adds conditions the document must meet (e.g. its owner).
 
         Returns False, writing nothing, when the task is in no status that may move to `to`
         or when `attempt` is no longer the task's current attempt.
@@ -124,7 +127,7 @@ class TaskStore:
         if to not in ALLOWED_FROM:
             raise InvalidTransition(f"no task moves to {to!r} through a transition")
         now = now or utcnow()
-        query: dict[str, Any] = {"task_id": task_id, "status": {"$in": list(ALLOWED_FROM[to])}}
+        query: dict[str, Any] = {**(match or {}), "task_id": task_id, "status": {"$in": list(ALLOWED_FROM[to])}}
         if attempt is not None:
             query["attempts"] = attempt
         update: dict[str, Any] = {"$set": {**(fields or {}), "status": to, "update_time": now}}
@@ -132,11 +135,13 @@ class TaskStore:
             update["$unset"] = {name: "" for name in unset}
         return self.collection.update_one(query, update).matched_count == 1
 
-    def start(self, task_id: str, attempt: int, deadline: datetime, now: datetime | None = None) -> bool:
-        """Mark the attempt running; False if it was cancelled or superseded meanwhile."""
+    def start(
+        self, task_id: str, attempt: int, owner: str, deadline: datetime, now: datetime | None = None
+    ) -> bool:
+        """Mark the attempt running; False if it was cancelled, released or superseded meanwhile."""
         now = now or utcnow()
         return self.transition(
-            task_id, TaskStatus.RUNNING, attempt=attempt, now=now,
+            task_id, TaskStatus.RUNNING, attempt=attempt, now=now, match={"owner": owner},
             fields={"started_at": now, "deadline": deadline, "heartbeat_at": now},
         )
 
@@ -165,6 +170,52 @@ class TaskStore:
         )
         return result.modified_count
 
+    def release(self, owner: str, now: datetime | None = None) -> int:
+        """Hand `owner`'s unfinished tasks back (queued, no owner) so any process takes them now."""
+        now = now or utcnow()
+        result = self.collection.update_many(
+            {"owner": owner, "status": {"$in": list(ALLOWED_FROM[TaskStatus.QUEUED.value])}},
+            {
+                "$set": {"status": TaskStatus.QUEUED.value, "update_time": now},
+                "$unset": {"owner": "", "heartbeat_at": "", "deadline": ""},
+            },
+        )
+        return result.modified_count
+
+    def fail_lost(self, stale_after: timedelta, max_attempts: int, now: datetime | None = None) -> int:
+        """Fail orphaned tasks that already had `max_attempts` attempts ("worker lost")."""
+        now = now or utcnow()
+        result = self.collection.update_many(
+            {**_orphaned(now, stale_after), "attempts": {"$gte": max_attempts}},
+            {
+                "$set": {
+                    "status": TaskStatus.FAILED.value, "finished_at": now, "update_time": now,
+                    "error": f"worker lost: the task's owner stopped after {max_attempts} attempt(s)",
+                },
+                "$unset": {"owner": ""},
+            },
+        )
+        return result.modified_count
+
+    def claim_orphan(
+        self, owner: str, stale_after: timedelta, max_attempts: int, now: datetime | None = None
+    ) -> dict[str, Any] | None:
+        """Take over the longest-orphaned task for `owner` (attempts + 1), or None if there is none."""
+        now = now or utcnow()
+        return self.collection.find_one_and_update(
+            {**_orphaned(now, stale_after), "attempts": {"$lt": max_attempts}},
+            {
+                "$set": {
+                    "status": TaskStatus.QUEUED.value, "owner": owner, "heartbeat_at": now,
+                    "queued_at": now, "update_time": now,
+                },
+                "$inc": {"attempts": 1},
+                "$unset": _RESET_ON_CLAIM,
+            },
+            sort=[("heartbeat_at", ASCENDING)],
+            return_document=ReturnDocument.AFTER,
+        )
+
     def update(self, task_id: str, data: Mapping[str, Any], now: datetime | None = None) -> None:
         """Upsert fields of a task's document, stamping `update_time` unless given."""
         fields = {
@@ -185,13 +236,17 @@ class TaskStore:
         return view
 
 
+def _orphaned(now: datetime, stale_after: timedelta) -> dict[str, Any]:
+    """Active tasks whose owner has not heartbeated within `stale_after` (or has none)."""
+    return {"status": {"$in": list(ACTIVE)}, "heartbeat_at": {"$not": {"$gte": now - stale_after}}}
+
+
 def _claimable(now: datetime, stale_after: timedelta, rerun_after: timedelta | None) -> list[dict]:
     """The run rule (CONTRACT section 1) as query clauses: a document matching one may run."""
     clauses: list[dict[str, Any]] = [
         {"status": {"$in": list(RERUNNABLE)}},
         {"status": {"$exists": False}},
-        # A missing heartbeat counts as stale: nobody owns that task.
-        {"status": {"$in": list(ACTIVE)}, "heartbeat_at": {"$not": {"$gte": now - stale_after}}},
+        _orphaned(now, stale_after),
         {"status": TaskStatus.RUNNING.value, "deadline": {"$lt": now}},
     ]
     if rerun_after is not None:

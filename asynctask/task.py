@@ -12,7 +12,8 @@ import socket
 import threading
 import traceback
 import uuid
-from concurrent.futures import Future
+import weakref
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 from . import attempt as attempts
 from . import logs
 from .attempt import Attempt
-from .errors import AsyncTaskError, InvalidParams, TaskTimeout
+from .errors import AsyncTaskError, InvalidParams, ShuttingDown, TaskTimeout
 from .executors import Executors, call_main
 from .recovery import Monitor
 from .status import TaskStatus
@@ -50,14 +51,53 @@ def _duration(name: str, value: Any, *, optional: bool = False) -> timedelta | N
 
 
 class _ProcessState:
-    """What exists once per process: the owner id, the slot pool and the monitor."""
+    """What exists once per process: the owner id, the monitor, and the attempts in flight."""
 
     def __init__(self, task: AsyncTask) -> None:
         self.pid = os.getpid()
         self.owner = f"{socket.gethostname()}:{self.pid}:{uuid.uuid4().hex[:8]}"
         self.monitor = Monitor(
-            task._store, self.owner, task.heartbeat_interval.total_seconds(), task._time_out
+            task._store, self.owner, task.heartbeat_interval.total_seconds(), task._time_out, task._recover
         )
+        self.capacity = task._executors.capacity
+        self.stopping = False
+        self.in_flight: set[Attempt] = set()
+        self.changed = threading.Condition()
+
+    def add(self, attempt: Attempt) -> None:
+        with self.changed:
+            self.in_flight.add(attempt)
+
+    def discard(self, attempt: Attempt) -> None:
+        with self.changed:
+            self.in_flight.discard(attempt)
+            self.changed.notify_all()
+
+    def free_slots(self) -> int:
+        with self.changed:
+            return 0 if self.stopping else self.capacity - len(self.in_flight)
+
+    def drain(self, timeout: float | None) -> set[Attempt]:
+        """Wait until no attempt is in flight or `timeout` passes; return those left."""
+        with self.changed:
+            self.changed.wait_for(lambda: not self.in_flight, timeout)
+            return set(self.in_flight)
+
+
+#: Every instance in this process, for gunicorn's worker hooks.
+_instances: weakref.WeakSet[AsyncTask] = weakref.WeakSet()
+
+
+def start_all() -> None:
+    """Start the background thread of every `AsyncTask` of this process (after a fork)."""
+    for task in list(_instances):
+        task.start()
+
+
+def shutdown_all(grace: float | None = None) -> None:
+    """Gracefully stop every `AsyncTask` of this process (gunicorn's worker exit hook)."""
+    for task in list(_instances):
+        task.shutdown(wait=True, grace=grace)
 
 
 class AsyncTask:
@@ -75,6 +115,7 @@ class AsyncTask:
         outdate_time: the upstream name of `rerun_time_limit`.
         heartbeat_interval: seconds between heartbeats of this process's tasks.
         stale_after: seconds without heartbeat after which a task is orphaned (3 x interval).
+        max_attempts: attempts an orphaned task gets before it fails with "worker lost".
         max_content_length: largest HTTP request body accepted, in bytes.
     """
 
@@ -90,6 +131,7 @@ class AsyncTask:
         outdate_time: int | float | timedelta | None = None,
         heartbeat_interval: int | float | timedelta = 10,
         stale_after: int | float | timedelta | None = None,
+        max_attempts: int = 3,
         max_content_length: int = MiB,
     ) -> None:
         missing = [m for m in ("find_one", "find_one_and_update", "update_one") if not hasattr(collection, m)]
@@ -108,6 +150,9 @@ class AsyncTask:
         )
         self.heartbeat_interval = _duration("heartbeat_interval", heartbeat_interval)
         self.stale_after = _duration("stale_after", stale_after, optional=True) or 3 * self.heartbeat_interval
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValueError(f"max_attempts must be a positive int, not {max_attempts!r}")
+        self.max_attempts = max_attempts
         self.max_content_length = max_content_length
         self._signature = Signature(self.main)
         self._executors = Executors(executor, max_worker)
@@ -116,6 +161,7 @@ class AsyncTask:
         self._state_lock = threading.Lock()
         self.logger_dir = Path(logger_dir)
         self.logger_dir.mkdir(parents=True, exist_ok=True)
+        _instances.add(self)
 
     @property
     def outdate_time(self) -> timedelta | None:
@@ -184,13 +230,14 @@ class AsyncTask:
                 raise InvalidParams(f"get_task_id refused the params: {exc}") from exc
             check_task_id(task_id)
         state = self._process()
+        if state.stopping:
+            raise ShuttingDown("this process is shutting down and takes no new task")
         doc, claimed = self._store.claim(
             task_id, params, owner=state.owner, stale_after=self.stale_after,
             rerun_after=self.rerun_time_limit,
         )
         if claimed:
-            state.monitor.start()
-            self._executors.slots().submit(self._run_attempt, Attempt(task_id, doc["attempts"], params))
+            self._dispatch(state, Attempt(task_id, doc["attempts"], params))
         return doc
 
     def update_task(self, task_id: str, data: dict[str, Any]) -> None:
@@ -207,13 +254,38 @@ class AsyncTask:
 
         return create_app(self, endpoint)
 
-    def shutdown(self, wait: bool = True) -> None:
-        """Stop the executor and the background thread of this process."""
+    def start(self) -> None:
+        """Start this process's heartbeat and recovery thread now rather than on first use."""
+        self._process().monitor.start()
+
+    def shutdown(self, wait: bool = True, grace: float | None = None) -> None:
+        """Stop the executor and the background thread of this process.
+
+        With `grace` (seconds), take no new work, give running attempts that long, then hand
+        what is left back to the database (queued, no owner) so another process takes it at
+        once. Without it, `wait` says whether to wait for every attempt to finish.
+        """
         with self._state_lock:
             state, self._state = self._state, None
-        self._executors.shutdown(wait=wait)
-        if state is not None:
+        if state is None:
+            self._executors.shutdown(wait=wait)
+            return
+        with state.changed:
+            state.stopping = True
+        if grace is None:
+            self._executors.shutdown(wait=wait)
+        else:
+            slots = self._executors.slots()
+            slots.shutdown(wait=False, cancel_futures=True)
+            left = state.drain(timeout=max(grace, 0))
             state.monitor.stop()
+            released = self._store.release(state.owner)
+            for attempt in left:
+                attempt.stop("shutdown")
+            if released:
+                logger.info("shutdown: released %d unfinished task(s) of %s", released, state.owner)
+            self._executors.shutdown(wait=False)
+        state.monitor.stop()
 
     # -- the lifecycle ----------------------------------------------------------------------
 
@@ -226,36 +298,44 @@ class AsyncTask:
                 state = self._state
         return state
 
-    def _run_attempt(self, attempt: Attempt) -> None:
+    def _dispatch(self, state: _ProcessState, attempt: Attempt) -> None:
+        """Hand a claimed attempt to a slot; the slot is free again once it ends or is dropped."""
+        state.monitor.start()
+        state.add(attempt)
+        future = self._executors.slots().submit(self._run_attempt, state, attempt)
+        future.add_done_callback(lambda _: state.discard(attempt))
+
+    def _run_attempt(self, state: _ProcessState, attempt: Attempt) -> None:
         """One attempt, start to end, in a slot thread."""
-        monitor = self._process().monitor
         deadline = utcnow() + self.task_timeout
-        if not self._store.start(attempt.task_id, attempt.number, deadline):
+        if not self._store.start(attempt.task_id, attempt.number, state.owner, deadline):
             return
-        monitor.track(attempt, deadline)
+        state.monitor.track(attempt, deadline)
         try:
             with attempts.running(attempt), logs.opened(
                 self.get_logger(attempt.task_id), self.logger_dir, attempt.task_id
             ) as task_log:
                 self._callback_safely(self._call(attempt, task_log), attempt)
         finally:
-            monitor.untrack(attempt)
+            state.monitor.untrack(attempt)
 
     def _call(self, attempt: Attempt, task_log: logging.Logger) -> Future:
         """Run `main` in this thread or on the remote executor; a done future either way."""
-        remote = self._executors.remote
-        if remote is not None:
-            future = remote.submit(call_main, self, attempt.task_id, attempt.params)
+        remote = self._executors.remote()
+        if remote is None:
             try:
-                future.exception(timeout=self.task_timeout.total_seconds())
-            except FutureTimeout:
-                future.cancel()
-                return _done(exception=TaskTimeout(f"task ran longer than {self.task_timeout}"))
+                return _done(result=self.main(logger=task_log, **attempt.params))
+            except BaseException as exc:  # noqa: BLE001 - recorded as the task's error
+                return _done(exception=exc)
+        future = remote.submit(call_main, self, attempt.task_id, attempt.params)
+        future.add_done_callback(lambda _: attempt.wake.set())
+        attempt.wake.wait(self.task_timeout.total_seconds())
+        if future.done() and not future.cancelled():
             return future
-        try:
-            return _done(result=self.main(logger=task_log, **attempt.params))
-        except BaseException as exc:  # noqa: BLE001 - recorded as the task's error
-            return _done(exception=exc)
+        future.cancel()  # ends the child on a killable pool
+        if attempt.stop_reason in (None, "timeout"):
+            return _done(exception=TaskTimeout(f"task ran longer than task_timeout ({self.task_timeout})"))
+        return _done(exception=CancelledError(f"attempt stopped: {attempt.stop_reason}"))
 
     def _callback_safely(self, future: Future, attempt: Attempt) -> None:
         """Call the `callback` hook; if it raises, log it and fail the attempt instead."""
@@ -273,7 +353,20 @@ class AsyncTask:
         error = f"TaskTimeout: task ran longer than task_timeout ({self.task_timeout})"
         if self._store.finish(attempt.task_id, TaskStatus.FAILED, attempt=attempt.number, error=error):
             self.get_logger(attempt.task_id).error("task timed out after %s", self.task_timeout)
-        attempt.cancel_event.set()
+        attempt.stop("timeout")
+
+    def _recover(self) -> None:
+        """Fail orphans out of attempts, then claim orphans while this process has free slots."""
+        state = self._process()
+        lost = self._store.fail_lost(self.stale_after, self.max_attempts)
+        if lost:
+            logger.warning("failed %d orphaned task(s) after %d attempts", lost, self.max_attempts)
+        while state.free_slots() > 0:
+            doc = self._store.claim_orphan(state.owner, self.stale_after, self.max_attempts)
+            if doc is None:
+                return
+            logger.info("recovered orphaned task %s (attempt %d)", doc["task_id"], doc["attempts"])
+            self._dispatch(state, Attempt(doc["task_id"], doc["attempts"], dict(doc.get("params") or {})))
 
     def __getstate__(self) -> dict[str, Any]:
         """What a child process needs to run `main`: no collection, pool or thread."""

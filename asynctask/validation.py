@@ -18,6 +18,8 @@ _TASK_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 MAX_BSON_SIZE = 16 * 1024 * 1024
 #: `run()` takes this keyword for itself, so `main` cannot.
 RESERVED_PARAMS = ("task_id",)
+#: How deep params may nest; deeper input is refused before it is stored.
+MAX_DEPTH = 64
 
 
 def check_task_id(task_id: Any) -> str:
@@ -64,6 +66,8 @@ class Signature:
     def check(self, params: Mapping[str, Any]) -> None:
         """Raise `InvalidParams` naming each param `main` cannot take or needs but lacks."""
         problems = []
+        if "logger" in params:
+            problems.append("'logger' is passed by asynctask and cannot be a param")
         if not self.var_keyword:
             unknown = sorted(k for k in params if k not in self.parameters)
             if unknown:
@@ -82,18 +86,20 @@ class Signature:
             raise InvalidParams("params are too large to store")
 
 
-def check_keys(value: Any, where: str) -> None:
+def check_keys(value: Any, where: str, depth: int = 0) -> None:
     """Refuse mapping keys MongoDB treats as operators or paths (`$x`, `a.b`) at any depth."""
+    if depth > MAX_DEPTH:
+        raise InvalidParams(f"{where}: nested more than {MAX_DEPTH} levels deep")
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidParams(f"{where}: keys must be strings")
             if key.startswith("$") or "." in key or "\0" in key:
                 raise InvalidParams(f"{where}: key {key!r} may not start with '$' or hold '.'")
-            check_keys(item, f"{where}.{key}")
+            check_keys(item, f"{where}.{key}", depth + 1)
     elif isinstance(value, (list, tuple)):
         for item in value:
-            check_keys(item, where)
+            check_keys(item, where, depth + 1)
 
 
 def check_result(result: Any) -> None:

@@ -51,12 +51,18 @@ def _json_body(required: bool) -> dict[str, Any] | None:
             raise BadRequest("request body must be a JSON object")
         return None
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError as exc:
+        raise BadRequest("request body is nested too deeply") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise BadRequest(f"request body must be a JSON object, not {type(body).__name__}")
     return body
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def create_blueprint(task: AsyncTask, endpoint: str = "/api", name: str | None = None) -> Blueprint:
@@ -65,6 +71,8 @@ def create_blueprint(task: AsyncTask, endpoint: str = "/api", name: str | None =
         raise ValueError(f"endpoint must be a path starting with '/', not {endpoint!r}")
     endpoint = endpoint.rstrip("/")
     blueprint = Blueprint(name or f"asynctask{endpoint.replace('/', '_') or '_root'}", __name__)
+    # A serving process heartbeats and recovers orphans even before it takes its first task.
+    blueprint.before_request(task.start)
 
     def show(task_id: Any) -> Response:
         view = task.retrieve(check_task_id(task_id))

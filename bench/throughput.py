@@ -43,6 +43,7 @@ from asynctask import AsyncTask, MemoryCollection  # noqa: E402
 BATCH_DEADLINE_S = 120.0
 POST_BATCH = 200
 PER_PROCESS_METHODS = ("create_index", "update_many")
+FINISHED = ("success", "failed", "cancelled")
 
 
 class NoOp(AsyncTask):
@@ -58,14 +59,15 @@ class NoOp(AsyncTask):
 
 
 class CountingCollection:
-    """Proxy that counts every method call by name and signals once `expected` tasks succeeded."""
+    """Proxy that counts every method call by name and signals once `expected` tasks finished."""
 
     def __init__(self, target: Any, expected: int) -> None:
         self._target = target
         self._expected = expected
         self._lock = threading.Lock()
         self.calls: Counter[str] = Counter()
-        self.succeeded = 0
+        self.finished: Counter[str] = Counter()
+        self.first_error: str | None = None
         self.done = threading.Event()
 
     def __getattr__(self, name: str) -> Any:
@@ -81,25 +83,30 @@ class CountingCollection:
         return counted
 
     def _record(self, name: str, args: tuple, kwargs: dict[str, Any], result: Any) -> None:
-        """Count the call; count a success write that matched a document."""
-        success = name == "update_one" and _sets_success(args, kwargs) and result.matched_count == 1
+        """Count the call, and a finish write (success, failed, cancelled) that matched a task."""
+        fields = _set_fields(args, kwargs) if name == "update_one" else {}
+        finished = fields.get("status") in FINISHED and result.matched_count == 1
         with self._lock:
             self.calls[name] += 1
-            if success:
-                self.succeeded += 1
-                if self.succeeded >= self._expected:
+            if finished:
+                self.finished[fields["status"]] += 1
+                if fields["status"] != "success" and self.first_error is None:
+                    self.first_error = str(fields.get("error"))
+                if sum(self.finished.values()) >= self._expected:
                     self.done.set()
 
     def wait(self, timeout: float) -> None:
-        """Block until `expected` tasks succeeded; raise `TimeoutError` after `timeout` s."""
+        """Block until `expected` tasks finished; raise unless all of them succeeded in time."""
         if not self.done.wait(timeout):
-            raise TimeoutError(f"only {self.succeeded} of {self._expected} tasks succeeded in {timeout:.0f} s")
+            raise TimeoutError(f"after {timeout:.0f} s only {dict(self.finished)} of {self._expected} tasks finished")
+        if self.finished["success"] < self._expected:
+            raise RuntimeError(f"tasks did not all succeed: {dict(self.finished)}; first error:\n{self.first_error}")
 
 
-def _sets_success(args: tuple, kwargs: dict[str, Any]) -> bool:
-    """Whether an `update_one(filter, update)` call sets status to success."""
+def _set_fields(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The `$set` of an `update_one(filter, update)` call."""
     update = args[1] if len(args) > 1 else kwargs.get("update", {})
-    return update.get("$set", {}).get("status") == "success"
+    return update.get("$set", {})
 
 
 @dataclass

@@ -121,13 +121,14 @@ def test_concurrent_claims_of_one_id_have_one_winner(memory):
 def test_start_and_finish_apply_only_to_the_current_attempt(store):
     claim(store)
     deadline = utcnow() + timedelta(minutes=1)
-    assert not store.start("t1", 2, deadline), "a wrong attempt must not start"
-    assert store.start("t1", 1, deadline)
+    assert not store.start("t1", 2, "me", deadline), "a wrong attempt must not start"
+    assert not store.start("t1", 1, "other", deadline), "another owner's attempt must not start"
+    assert store.start("t1", 1, "me", deadline)
     set_fields(store, "t1", heartbeat_at=utcnow() - STALE * 2)
     doc, claimed = claim(store, owner="other")
     assert claimed and doc["attempts"] == 2
     assert not store.finish("t1", "success", attempt=1, result="zombie")
-    assert store.start("t1", 2, deadline)
+    assert store.start("t1", 2, "other", deadline)
     assert store.finish("t1", "success", attempt=2, result="fresh")
     view = store.public("t1")
     assert view["status"] == "success" and view["result"] == "fresh" and view["attempts"] == 2

@@ -1,0 +1,286 @@
+"""Per-task log files (CONTRACT section 5).
+
+One rotating file per task at `logger_dir/<task_id>.log`; every line holds the time, level,
+pid, task id, module:line and message; handlers live only while the task runs, so open file
+descriptors and registered loggers do not grow with the number of tasks; the console
+handler obeys `DISABLE_STREAM_HANDLER`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import re
+import threading
+import time
+from datetime import datetime, timedelta
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+from typing import Any
+
+import asynctask.logs
+from asynctask import AsyncTask, MemoryCollection
+
+try:
+    from tasks import Echo, Gate
+except ImportError:  # pragma: no cover - run from the repository root as a package
+    from tests.tasks import Echo, Gate
+
+
+# -- sample tasks -------------------------------------------------------------------------
+
+
+class Talker(AsyncTask):
+    """Logs one known line, and reports what `logging.getLogger(task_id)` gives inside main."""
+
+    def get_task_id(self, name: str, lines: int = 1) -> str:
+        return name
+
+    def main(self, logger: logging.Logger, name: str, lines: int = 1) -> dict:
+        for number in range(lines):
+            logger.info("said line %d of %s", number, name)
+        by_name = logging.getLogger(name)
+        by_name.warning("written through getLogger(%s)", name)
+        handlers = [
+            {"type": type(h).__name__, "max_bytes": getattr(h, "maxBytes", None),
+             "backups": getattr(h, "backupCount", None), "file": getattr(h, "baseFilename", None)}
+            for h in logger.handlers
+        ]
+        return {"same_logger": by_name is logger, "handlers": handlers}
+
+
+class Pair(AsyncTask):
+    """Two of its tasks meet at a barrier, so both are running while they log."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.barrier = threading.Barrier(2)
+
+    def get_task_id(self, name: str) -> str:
+        return name
+
+    def main(self, logger: logging.Logger, name: str) -> str:
+        logger.info("before the meeting: %s", name)
+        self.barrier.wait(timeout=10)
+        logger.info("while both run: %s", name)
+        logging.getLogger(name).info("by name while both run: %s", name)
+        self.barrier.wait(timeout=10)
+        return name
+
+
+def _line_of(function: Any, text: str) -> int:
+    """The line number, in its file, of the first source line of `function` containing `text`."""
+    lines, first = inspect.getsourcelines(function)
+    for offset, line in enumerate(lines):
+        if text in line:
+            return first + offset
+    raise AssertionError(f"{text!r} is not in the source of {function.__qualname__}")
+
+
+def _wait_for_text(path: Path, text: str, timeout: float = 5.0) -> str:
+    """The content of `path` once it holds `text`; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    content = ""
+    while time.monotonic() < deadline:
+        content = path.read_text(encoding="utf-8") if path.exists() else ""
+        if text in content:
+            return content
+        time.sleep(0.01)
+    raise AssertionError(f"{path.name} did not get {text!r} within {timeout}s; it holds:\n{content}")
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# -- the file and its lines ---------------------------------------------------------------
+
+
+def test_one_file_per_task_and_each_line_holds_time_level_pid_id_location_message(make_task, wait_for):
+    task = make_task(Talker)
+    before = datetime.now().replace(microsecond=0)
+    first = task.run(name="first")
+    second = task.run(name="second")
+    assert wait_for(task, first)["status"] == "success"
+    assert wait_for(task, second)["status"] == "success"
+    after = datetime.now()
+
+    assert sorted(p.name for p in task.logger_dir.iterdir()) == ["first.log", "second.log"]
+    content = _wait_for_text(task.logger_dir / "first.log", "task succeeded")
+    assert "second" not in content
+
+    line = next(line for line in content.splitlines() if "said line 0 of first" in line)
+    pattern = re.compile(
+        r"^\[\s*(?P<pid>\d+)\] (?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \| (?P<level>\w+)\s* \| "
+        r"(?P<task>\S+) \| (?P<module>\w+):(?P<line>\d+) - (?P<message>.*)$"
+    )
+    match = pattern.match(line)
+    assert match, line
+    assert int(match["pid"]) == os.getpid()
+    logged_at = datetime.strptime(match["time"], "%Y-%m-%d %H:%M:%S,%f")
+    assert before <= logged_at <= after + timedelta(seconds=1)
+    assert match["level"] == "INFO"
+    assert match["task"] == "first"
+    assert match["module"] == "test_logs"
+    assert int(match["line"]) == _line_of(Talker.main, 'logger.info("said line')
+    assert match["message"] == "said line 0 of first"
+
+    warning = next(line for line in content.splitlines() if "written through getLogger" in line)
+    assert " | WARNING  | first | test_logs:" in warning
+
+
+def test_get_logger_by_task_id_inside_main_is_the_task_logger(make_task, wait_for):
+    task = make_task(Talker)
+    task_id = task.run(name="by-name")
+    view = wait_for(task, task_id)
+    assert view["status"] == "success", view["error"]
+    assert view["result"]["same_logger"] is True
+    content = (task.logger_dir / "by-name.log").read_text(encoding="utf-8")
+    assert "written through getLogger(by-name)" in content
+
+
+def test_success_and_failure_outcomes_are_logged(make_task, wait_for):
+    task = make_task(Gate)
+    task.gate.set()
+    ok = task.run(name="fine")
+    bad = task.run(name="broken", fail=True)
+    assert wait_for(task, ok)["status"] == "success"
+    assert wait_for(task, bad)["status"] == "failed"
+
+    assert "task succeeded" in _wait_for_text(task.logger_dir / "fine.log", "task succeeded")
+    failed = _wait_for_text(task.logger_dir / "broken.log", "task failed")
+    failed_line = next(line for line in failed.splitlines() if "task failed" in line)
+    assert " | ERROR    | broken | " in failed_line
+    assert "ValueError: asked to fail: broken" in failed
+    assert "task succeeded" not in failed
+
+
+# -- resources ------------------------------------------------------------------------------
+
+
+def test_open_file_descriptors_and_loggers_do_not_grow_with_tasks_run(make_task):
+    """2,000 tasks in batches of 200, each batch on a fresh store, finished before the next."""
+    log_dir = None
+
+    def run_batch(first: int, count: int) -> list[str]:
+        nonlocal log_dir
+        task = make_task(Echo, MemoryCollection())
+        log_dir = task.logger_dir
+        ids = [task.run(value=first + n) for n in range(count)]
+        task.shutdown(wait=True)  # returns once every attempt has ended
+        assert task.collection.count_documents({"status": "success"}) == count
+        return ids
+
+    run_batch(-50, 50)  # warm-up: imports, lazily built objects
+    fds_before = _open_fds()
+    loggers_before = len(logging.Logger.manager.loggerDict)
+    started = time.monotonic()
+    ids: list[str] = []
+    for batch in range(10):
+        ids += run_batch(batch * 200, 200)
+    elapsed = time.monotonic() - started
+
+    assert len(set(ids)) == 2000
+    assert log_dir is not None
+    assert all((log_dir / f"{task_id}.log").exists() for task_id in ids)
+    assert _open_fds() - fds_before <= 5
+    registered = logging.Logger.manager.loggerDict
+    assert [task_id for task_id in ids if task_id in registered] == []
+    assert len(registered) - loggers_before <= 5
+    assert elapsed < 30, f"2,000 tasks took {elapsed:.1f}s"
+
+
+def test_a_finished_task_logger_has_no_handlers_left(make_task, wait_for):
+    task = make_task(Talker)
+    task_id = task.run(name="closed")
+    view = wait_for(task, task_id)
+    handler_files = [h["file"] for h in view["result"]["handlers"] if h["file"]]
+    assert handler_files == [str(task.logger_dir / "closed.log")]
+    _wait_for_text(task.logger_dir / "closed.log", "task succeeded")
+    task.shutdown(wait=True)
+    assert task.get_logger(task_id).handlers == []
+
+
+def test_dotted_task_ids_leave_no_placeholder_loggers_behind(make_task):
+    """`logging` registers a placeholder for each missing parent of 'n.part'; none may stay."""
+    task = make_task(Talker)
+    for n in range(50):
+        task.run(name=f"dotted{n}.part")
+    task.shutdown(wait=True)
+    assert task.collection.count_documents({"status": "success"}) == 50
+    left = sorted(name for name in logging.Logger.manager.loggerDict if name.startswith("dotted"))
+    assert left == [], f"{len(left)} loggers/placeholders left behind, e.g. {left[:3]}"
+
+
+# -- console output -----------------------------------------------------------------------
+
+
+def test_console_output_without_disable_stream_handler(make_task, wait_for, monkeypatch, capfd):
+    monkeypatch.delenv("DISABLE_STREAM_HANDLER", raising=False)
+    task = make_task(Echo)
+    task_id = task.run(value="shown-on-console")
+    assert wait_for(task, task_id)["status"] == "success"
+    err = capfd.readouterr().err
+    assert re.search(rf"\| INFO     \| {task_id} \| tasks:\d+ - echo 'shown-on-console'", err), err
+
+
+def test_no_console_output_with_disable_stream_handler(make_task, wait_for, monkeypatch, capfd):
+    monkeypatch.setenv("DISABLE_STREAM_HANDLER", "1")
+    task = make_task(Echo)
+    task_id = task.run(value="kept-in-file")
+    assert wait_for(task, task_id)["status"] == "success"
+    _wait_for_text(task.logger_dir / f"{task_id}.log", "task succeeded")
+    task.shutdown(wait=True)
+    content = (task.logger_dir / f"{task_id}.log").read_text(encoding="utf-8")
+    assert "echo 'kept-in-file'" in content
+    captured = capfd.readouterr()
+    assert "kept-in-file" not in captured.err
+    assert "kept-in-file" not in captured.out
+
+
+# -- names and rotation ---------------------------------------------------------------------
+
+
+def test_dotted_task_id_logs_only_into_its_own_file(make_task, wait_for):
+    task = make_task(Pair)
+    parent = task.run(name="a")
+    child = task.run(name="a.b")
+    assert wait_for(task, parent)["status"] == "success"
+    assert wait_for(task, child)["status"] == "success"
+
+    parent_log = _wait_for_text(task.logger_dir / "a.log", "task succeeded")
+    child_log = _wait_for_text(task.logger_dir / "a.b.log", "task succeeded")
+    assert "while both run: a.b" in child_log
+    assert "by name while both run: a.b" in child_log
+    assert "while both run: a\n" in parent_log
+    assert "a.b" not in parent_log
+    for line in parent_log.splitlines():
+        assert " | a | " in line, line
+    for line in child_log.splitlines():
+        assert " | a.b | " in line, line
+
+
+def test_task_log_rotates(make_task, wait_for, monkeypatch):
+    monkeypatch.setattr(asynctask.logs, "MAX_BYTES", 2000)
+    monkeypatch.setattr(asynctask.logs, "BACKUP_COUNT", 3)
+    task = make_task(Talker)
+    task_id = task.run(name="chatty", lines=200)
+    view = wait_for(task, task_id)
+    assert view["status"] == "success", view["error"]
+    assert [h["type"] for h in view["result"]["handlers"]] == ["RotatingFileHandler"]
+
+    names = sorted(p.name for p in task.logger_dir.iterdir())
+    assert names == ["chatty.log", "chatty.log.1", "chatty.log.2", "chatty.log.3"]
+    for path in task.logger_dir.iterdir():
+        assert path.stat().st_size <= 2000
+    _wait_for_text(task.logger_dir / "chatty.log", "task succeeded")
+
+
+def test_default_rotation_is_ten_files_of_ten_mib(make_task, wait_for):
+    task = make_task(Talker)
+    view = wait_for(task, task.run(name="sizes"))
+    assert view["result"]["handlers"] == [
+        {"type": RotatingFileHandler.__name__, "max_bytes": 10 * 1024 * 1024, "backups": 10,
+         "file": str(task.logger_dir / "sizes.log")}
+    ]
