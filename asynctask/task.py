@@ -159,6 +159,7 @@ class AsyncTask:
         self._store = TaskStore(collection)
         self._state: _ProcessState | None = None
         self._state_lock = threading.Lock()
+        self._closed = False
         self.logger_dir = Path(logger_dir)
         self.logger_dir.mkdir(parents=True, exist_ok=True)
         _instances.add(self)
@@ -229,9 +230,9 @@ class AsyncTask:
                     raise
                 raise InvalidParams(f"get_task_id refused the params: {exc}") from exc
             check_task_id(task_id)
+        if self._closed:
+            raise ShuttingDown("this task service is shut down and takes no new task")
         state = self._process()
-        if state.stopping:
-            raise ShuttingDown("this process is shutting down and takes no new task")
         doc, claimed = self._store.claim(
             task_id, params, owner=state.owner, stale_after=self.stale_after,
             rerun_after=self.rerun_time_limit,
@@ -256,7 +257,8 @@ class AsyncTask:
 
     def start(self) -> None:
         """Start this process's heartbeat and recovery thread now rather than on first use."""
-        self._process().monitor.start()
+        if not self._closed:
+            self._process().monitor.start()
 
     def shutdown(self, wait: bool = True, grace: float | None = None) -> None:
         """Stop the executor and the background thread of this process.
@@ -266,7 +268,7 @@ class AsyncTask:
         once. Without it, `wait` says whether to wait for every attempt to finish.
         """
         with self._state_lock:
-            state, self._state = self._state, None
+            state, self._state, self._closed = self._state, None, True
         if state is None:
             self._executors.shutdown(wait=wait)
             return

@@ -399,7 +399,11 @@ def test_get_with_invalid_task_id_is_400(serve, bad):
 
 @pytest.mark.parametrize(
     "task_id",
-    [pytest.param(5, id="number"), pytest.param(["a"], id="list"), pytest.param({"$ne": None}, id="operator")],
+    [
+        pytest.param(5, id="number"),
+        pytest.param(["a"], id="list"),
+        pytest.param({"$ne": None}, id="operator"),
+    ],
 )
 def test_get_with_non_string_task_id_in_body_is_400(serve, task_id):
     task, client = serve()

@@ -1,0 +1,223 @@
+"""Task apps for the durability tests and the recovery benchmark, configured by the environment.
+
+gunicorn imports `apps:app` in each worker; everything comes from environment variables:
+
+| variable | meaning |
+| --- | --- |
+| `ASYNCTASK_MONGO_URI` | the shared MongoDB (the test wire server) |
+| `ASYNCTASK_MONGO_DB` | database name (default `asynctask_durability`) |
+| `APPS_COLLECTION` | the task collection; calls go to `<APPS_COLLECTION>_calls` |
+| `APPS_SECONDS` | how long `main` works (default 0) |
+| `APPS_HEARTBEAT` | `heartbeat_interval` in seconds (default 10) |
+| `APPS_STALE_AFTER` | `stale_after` in seconds (default 3 x heartbeat) |
+| `APPS_MAX_WORKER` | slots per process (default 4) |
+| `APPS_LOG_DIR` | folder of the task logs (default `logs`) |
+
+`main` records every call in the database, not in memory, so the test process sees the calls
+of every worker: one document per call with `task_id`, `pid`, `attempt`, `started` and `ended`
+(epoch seconds; `ended` stays None for a call whose process died).
+
+`Server` starts such an app under gunicorn (plain, with asynctask's hooks, or through
+`asynctask serve`) in its own process group, for the tests and `bench/recovery.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from asynctask import AsyncTask
+from asynctask.attempt import current
+from asynctask.connection import LazyMongoCollection
+
+DEFAULT_DB = "asynctask_durability"
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+class Recorded(AsyncTask):
+    """Works for `seconds`, recording the call's start and end in the calls collection."""
+
+    def __init__(self, collection: Any, logger_dir: str, *, calls: Any, seconds: float, **options: Any) -> None:
+        super().__init__(collection, logger_dir, **options)
+        self.calls = calls
+        self.seconds = seconds
+
+    def get_task_id(self, key: str) -> str:
+        return key
+
+    def main(self, logger: logging.Logger, key: str) -> dict[str, Any]:
+        attempt = current(key)
+        call_id = self.calls.insert_one({
+            "task_id": key, "pid": os.getpid(), "attempt": attempt.number if attempt else None,
+            "started": time.time(), "ended": None,
+        }).inserted_id
+        logger.info("working %.2fs", self.seconds)
+        time.sleep(self.seconds)
+        self.calls.update_one({"_id": call_id}, {"$set": {"ended": time.time()}})
+        return {"key": key, "pid": os.getpid()}
+
+
+def build(
+    uri: str,
+    collection: str,
+    *,
+    database: str = DEFAULT_DB,
+    seconds: float = 0.0,
+    heartbeat: float = 10.0,
+    stale_after: float | None = None,
+    max_worker: int = 4,
+    log_dir: str = "logs",
+) -> Recorded:
+    """A `Recorded` task on `database.collection` at `uri`, its calls in `<collection>_calls`."""
+    return Recorded(
+        LazyMongoCollection(uri, database, collection), log_dir,
+        calls=LazyMongoCollection(uri, database, f"{collection}_calls"), seconds=seconds,
+        max_worker=max_worker, heartbeat_interval=heartbeat, stale_after=stale_after,
+    )
+
+
+def from_environment() -> Recorded | None:
+    """The task the environment describes, or None when no database is configured."""
+    uri = os.environ.get("ASYNCTASK_MONGO_URI")
+    if not uri:
+        return None
+    stale_after = os.environ.get("APPS_STALE_AFTER")
+    return build(
+        uri,
+        os.environ.get("APPS_COLLECTION", "tasks"),
+        database=os.environ.get("ASYNCTASK_MONGO_DB") or DEFAULT_DB,
+        seconds=float(os.environ.get("APPS_SECONDS", "0")),
+        heartbeat=float(os.environ.get("APPS_HEARTBEAT", "10")),
+        stale_after=float(stale_after) if stale_after else None,
+        max_worker=int(os.environ.get("APPS_MAX_WORKER", "4")),
+        log_dir=os.environ.get("APPS_LOG_DIR", "logs"),
+    )
+
+
+api = from_environment()
+app = api.app("/api") if api is not None else None
+
+
+# -- launching the app under gunicorn ---------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
+    """(status, decoded JSON body) of one request; error statuses are returned, not raised."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read() or b"null")
+
+
+class Server:
+    """`apps` served by gunicorn on 127.0.0.1, in a process group of its own.
+
+    `mode` is "gunicorn" (plain gunicorn, no hooks), "hooks" (gunicorn with
+    `-c python:asynctask.serving`) or "serve" (`asynctask serve`, with `grace`).
+    `settings` become `APPS_*` variables, e.g. `seconds=2, heartbeat=0.2, stale_after=0.8`.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        collection: str,
+        log_dir: str | os.PathLike[str],
+        *,
+        mode: str = "hooks",
+        workers: int = 1,
+        grace: float | None = None,
+        **settings: Any,
+    ) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        bind = f"127.0.0.1:{self.port}"
+        if mode == "serve":
+            command = [sys.executable, "-m", "asynctask.cli", "serve", "apps:api", "--bind", bind,
+                       "--workers", str(workers)]
+            if grace is not None:
+                command += ["--grace", str(grace)]
+        elif mode in ("gunicorn", "hooks"):
+            command = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers)]
+            if mode == "hooks":
+                command += ["-c", "python:asynctask.serving"]
+            command.append("apps:app")
+        else:
+            raise ValueError(f"unknown mode {mode!r}")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ASYNCTASK_", "APPS_"))}
+        env.update(
+            PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]), DISABLE_STREAM_HANDLER="1",
+            ASYNCTASK_MONGO_URI=uri, APPS_COLLECTION=collection, APPS_LOG_DIR=str(Path(log_dir) / "tasks"),
+        )
+        if grace is not None:
+            env["ASYNCTASK_SHUTDOWN_GRACE"] = str(grace)
+        # gunicorn's control socket goes to $XDG_RUNTIME_DIR: one short private folder per server.
+        self.runtime_dir = tempfile.mkdtemp(prefix="gunicorn-")
+        env["XDG_RUNTIME_DIR"] = self.runtime_dir
+        env.update({f"APPS_{name.upper()}": str(value) for name, value in settings.items()})
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        self.stderr_path = Path(log_dir) / f"gunicorn-{self.port}.err"
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=err, start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        """The gunicorn master's pid."""
+        return self.proc.pid
+
+    def stderr(self) -> str:
+        """What gunicorn and the app wrote to stderr so far."""
+        return self.stderr_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Return once /ping answers; raise if gunicorn exits or the deadline passes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.stderr()}")
+            try:
+                if http("GET", f"{self.base}/ping", timeout=1)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"gunicorn did not answer /ping within {timeout}s:\n{self.stderr()}")
+
+    def submit(self, key: str) -> tuple[int, Any]:
+        """POST a task with param `key`."""
+        return http("POST", f"{self.base}/api", {"data": {"key": key}}, timeout=30)
+
+    def stop(self) -> None:
+        """SIGKILL the master and its workers (the whole process group), and reap the master."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
