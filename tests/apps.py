@@ -11,6 +11,7 @@ gunicorn imports `apps:app` in each worker; everything comes from environment va
 | `APPS_HEARTBEAT` | `heartbeat_interval` in seconds (default 10) |
 | `APPS_STALE_AFTER` | `stale_after` in seconds (default 3 x heartbeat) |
 | `APPS_MAX_WORKER` | slots per process (default 4) |
+| `APPS_MAX_ATTEMPTS` | `max_attempts` (default 3) |
 | `APPS_LOG_DIR` | folder of the task logs (default `logs`) |
 
 `main` records every call in the database, not in memory, so the test process sees the calls
@@ -79,6 +80,7 @@ def build(
     heartbeat: float = 10.0,
     stale_after: float | None = None,
     max_worker: int = 4,
+    max_attempts: int = 3,
     log_dir: str = "logs",
 ) -> Recorded:
     """A `Recorded` task on `database.collection` at `uri`, its calls in `<collection>_calls`."""
@@ -86,6 +88,7 @@ def build(
         LazyMongoCollection(uri, database, collection), log_dir,
         calls=LazyMongoCollection(uri, database, f"{collection}_calls"), seconds=seconds,
         max_worker=max_worker, heartbeat_interval=heartbeat, stale_after=stale_after,
+        max_attempts=max_attempts,
     )
 
 
@@ -103,6 +106,7 @@ def from_environment() -> Recorded | None:
         heartbeat=float(os.environ.get("APPS_HEARTBEAT", "10")),
         stale_after=float(stale_after) if stale_after else None,
         max_worker=int(os.environ.get("APPS_MAX_WORKER", "4")),
+        max_attempts=int(os.environ.get("APPS_MAX_ATTEMPTS", "3")),
         log_dir=os.environ.get("APPS_LOG_DIR", "logs"),
     )
 

@@ -1,0 +1,238 @@
+"""Durability and scale with real processes (CONTRACT section 7).
+
+Each test serves `apps:app` under gunicorn against the shared test MongoDB (the wire server of
+`conftest.mongo_uri`) and judges only by what is in the database: the task documents, and the
+calls collection where `main` records every call with its pid and start/end times.
+
+1. many concurrent POSTs of the same ids across 4 workers start `main` once per id;
+2. a worker killed with SIGKILL loses no task: another process runs it again, never at the
+   same time as the lost attempt;
+3. past `max_attempts`, an orphaned task fails with "worker lost";
+4. SIGTERM releases the running tasks at once (not after `stale_after`), and another process
+   takes them.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+
+import apps
+
+#: Grace for a task's state to show up in the database, on a loaded 2-core machine.
+DEADLINE = 20.0
+
+
+@pytest.fixture
+def db(mongo_uri: str) -> Iterator[Any]:
+    """The database the apps use, through a client of the test process."""
+    client: MongoClient = MongoClient(mongo_uri, tz_aware=True, serverSelectionTimeoutMS=5000)
+    yield client[apps.DEFAULT_DB]
+    client.close()
+
+
+@pytest.fixture
+def name(db: Any) -> Iterator[str]:
+    """A fresh collection name for this test; it and its calls collection are dropped after."""
+    collection = f"d_{uuid.uuid4().hex[:12]}"
+    yield collection
+    db.drop_collection(collection)
+    db.drop_collection(f"{collection}_calls")
+
+
+@pytest.fixture
+def serve(mongo_uri: str, name: str, tmp_path: Path) -> Iterator[Callable[..., apps.Server]]:
+    """Start `apps.Server`s on this test's collection, ready to serve; all killed at teardown."""
+    started: list[apps.Server] = []
+
+    def start(**options: Any) -> apps.Server:
+        server = apps.Server(mongo_uri, name, tmp_path / "logs", **options)
+        started.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def local_task(mongo_uri: str, name: str, tmp_path: Path) -> Iterator[Callable[..., apps.Recorded]]:
+    """Build `apps.Recorded` tasks in the test process on this test's collection; shut down after."""
+    made: list[apps.Recorded] = []
+
+    def build(**settings: Any) -> apps.Recorded:
+        task = apps.build(mongo_uri, name, log_dir=str(tmp_path / "local-logs"), **settings)
+        made.append(task)
+        return task
+
+    yield build
+    for task in made:
+        task.shutdown(wait=True)
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
+    """Poll `condition` until it returns something truthy, and return that; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"not within {timeout}s: {what}")
+
+
+def tasks(db: Any, name: str) -> dict[str, dict[str, Any]]:
+    """Every task document of the collection, by task id."""
+    return {doc["task_id"]: doc for doc in db[name].find({}, {"_id": 0})}
+
+
+def calls(db: Any, name: str) -> dict[str, list[dict[str, Any]]]:
+    """Every recorded call of `main`, by task id, oldest first."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for call in db[f"{name}_calls"].find({}, {"_id": 0}).sort("started", 1):
+        by_task.setdefault(call["task_id"], []).append(call)
+    return by_task
+
+
+def all_in(db: Any, name: str, keys: list[str], status: str) -> dict[str, dict[str, Any]] | None:
+    """The task documents if every one of `keys` has `status`, else None."""
+    docs = tasks(db, name)
+    if all(docs.get(key, {}).get("status") == status for key in keys):
+        return docs
+    return None
+
+
+def owner_pid(doc: dict[str, Any]) -> int:
+    """The pid in a task's owner field, "host:pid:suffix"."""
+    return int(doc["owner"].split(":")[1])
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_concurrent_posts_start_main_once_per_task(db: Any, name: str, serve: Callable[..., apps.Server]) -> None:
+    """200 POSTs over 50 ids, released together on 4 workers: 50 calls of `main`, 1 attempt each."""
+    server = serve(mode="gunicorn", workers=4, seconds=0.02)
+    keys = [f"k{i:02d}" for i in range(50)]
+    posts = [key for key in keys for _ in range(4)]
+    random.Random(7).shuffle(posts)
+    clients = 40
+    barrier = threading.Barrier(clients)
+
+    def post_share(share: list[str]) -> list[tuple[str, int, Any]]:
+        barrier.wait(timeout=30)
+        return [(key, *server.submit(key)) for key in share]
+
+    with ThreadPoolExecutor(clients) as pool:
+        answers = [a for share in pool.map(post_share, [posts[i::clients] for i in range(clients)]) for a in share]
+
+    assert len(answers) == 200
+    assert [status for _, status, _ in answers] == [202] * 200, [a for a in answers if a[1] != 202][:3]
+    assert all(body["data"]["task_id"] == key for key, _, body in answers)
+    docs = wait_until(lambda: all_in(db, name, keys, "success"), "all 50 tasks end success")
+    assert len(docs) == 50
+    assert {key: doc["attempts"] for key, doc in docs.items()} == {key: 1 for key in keys}
+    recorded = calls(db, name)
+    assert db[f"{name}_calls"].count_documents({}) == 50
+    assert {key: len(recorded.get(key, [])) for key in keys} == {key: 1 for key in keys}
+    assert len({call["pid"] for runs in recorded.values() for call in runs}) > 1, "one worker took all"
+
+
+def test_sigkill_loses_no_task(db: Any, name: str, serve: Callable[..., apps.Server]) -> None:
+    """SIGKILL a worker mid-task: its tasks end success in another process, attempt 2, no overlap."""
+    server = serve(mode="hooks", workers=2, seconds=2, heartbeat=0.2, stale_after=0.8)
+    keys = [f"k{i}" for i in range(4)]
+    for key in keys:
+        assert server.submit(key)[0] == 202
+    running = wait_until(lambda: all_in(db, name, keys, "running"), "all tasks running")
+    wait_until(lambda: db[f"{name}_calls"].count_documents({}) == len(keys), "main started for all tasks")
+    pids = [owner_pid(doc) for doc in running.values()]
+    victim = max(set(pids), key=pids.count)
+    lost = [key for key, doc in running.items() if owner_pid(doc) == victim]
+    kept = [key for key in keys if key not in lost]
+
+    killed_at = time.time()
+    os.kill(victim, signal.SIGKILL)
+    docs = wait_until(lambda: all_in(db, name, keys, "success"), "every task ends success")
+
+    assert not alive(victim)
+    recorded = calls(db, name)
+    for key in lost:
+        first, second = recorded[key]
+        assert (first["pid"], first["attempt"], first["ended"]) == (victim, 1, None)
+        assert second["pid"] != victim and second["attempt"] == 2
+        assert second["started"] > killed_at, "the recovery overlapped the lost attempt"
+        assert second["ended"] is not None
+        assert docs[key]["attempts"] == 2
+        assert docs[key]["result"]["pid"] == second["pid"]
+        assert second["started"] - killed_at < 0.8 + 5, "recovery took far longer than stale_after"
+    for key in kept:
+        assert [(c["attempt"], c["ended"] is not None) for c in recorded[key]] == [(1, True)]
+        assert docs[key]["attempts"] == 1
+
+
+def test_orphan_past_max_attempts_fails_worker_lost(
+    db: Any, name: str, serve: Callable[..., apps.Server]
+) -> None:
+    """With max_attempts=1, a task whose worker is SIGKILLed fails with "worker lost", not rerun."""
+    server = serve(mode="hooks", workers=1, seconds=30, heartbeat=0.2, stale_after=0.8, max_attempts=1)
+    assert server.submit("k")[0] == 202
+    doc = wait_until(lambda: all_in(db, name, ["k"], "running"), "the task runs")["k"]
+    os.kill(owner_pid(doc), signal.SIGKILL)
+
+    doc = wait_until(lambda: all_in(db, name, ["k"], "failed"), "the orphan fails")["k"]
+    assert "worker lost" in doc["error"]
+    assert doc["attempts"] == 1
+    assert "owner" not in doc
+    assert len(calls(db, name)["k"]) == 1
+
+
+def test_sigterm_releases_running_tasks_at_once(
+    db: Any, name: str, serve: Callable[..., apps.Server], local_task: Callable[..., apps.Recorded]
+) -> None:
+    """SIGTERM gunicorn: tasks are back to queued, unowned, in ~grace; gunicorn exits; another process takes them."""
+    grace, stale_after = 0.5, 60
+    server = serve(mode="serve", workers=1, grace=grace, seconds=30, heartbeat=0.2, stale_after=stale_after)
+    keys = ["k0", "k1"]
+    for key in keys:
+        assert server.submit(key)[0] == 202
+    wait_until(lambda: all_in(db, name, keys, "running"), "both tasks run")
+    wait_until(lambda: db[f"{name}_calls"].count_documents({}) == len(keys), "main started for both tasks")
+    worker = {call["pid"] for runs in calls(db, name).values() for call in runs}.pop()
+
+    stopped_at = time.monotonic()
+    os.kill(server.pid, signal.SIGTERM)
+    docs = wait_until(lambda: all_in(db, name, keys, "queued"), "the tasks are released", timeout=grace + 5)
+    assert time.monotonic() - stopped_at < grace + 5 < stale_after
+    assert all("owner" not in doc and doc["attempts"] == 1 for doc in docs.values()), docs
+    wait_until(lambda: server.proc.poll() is not None and not alive(worker),
+               "gunicorn and its worker exit after the grace", timeout=grace + 5)
+    stopped = time.time()
+
+    local_task(seconds=0.05, heartbeat=0.2, stale_after=stale_after).start()
+    docs = wait_until(lambda: all_in(db, name, keys, "success"), "another process runs the released tasks", 10)
+    recorded = calls(db, name)
+    for key in keys:
+        first, second = recorded[key]
+        assert first["pid"] == worker and (first["ended"] is None or first["ended"] <= second["started"])
+        assert (second["pid"], second["attempt"]) == (os.getpid(), 2)
+        assert second["started"] >= stopped - 0.1
+        assert docs[key]["attempts"] == 2
