@@ -49,3 +49,46 @@ class ShuttingDown(AsyncTaskError, RuntimeError):
     """Raised when a task is submitted to a process that is shutting down."""
 
     http_status = 503
+
+
+class TaskFailed(AsyncTaskError):
+    """Raised by Client.wait when the task ended failed; .error holds the server's error text."""
+
+    def __init__(self, task_id: str, error: str, view: dict | None = None) -> None:
+        lines = [line for line in (error or "").splitlines() if line.strip()]
+        super().__init__(f"task {task_id} failed: {lines[-1].strip() if lines else 'no error text'}")
+        self.task_id = task_id
+        self.error = error
+        self.view = view
+
+    # Exceptions pickle only their args; keep every field when one crosses a process boundary.
+    def __reduce__(self) -> tuple:
+        return type(self), (self.task_id, self.error, self.view)
+
+
+class TaskCancelled(AsyncTaskError):
+    """Raised by Client.wait when the task ended cancelled."""
+
+    def __init__(self, task_id: str, view: dict | None = None) -> None:
+        super().__init__(f"task {task_id} was cancelled")
+        self.task_id = task_id
+        self.view = view
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.task_id, self.view)
+
+
+class ClientError(AsyncTaskError):
+    """Raised when a service answers a Client request with an HTTP error; .status_code holds it."""
+
+    def __init__(self, message: str, status_code: int, error_data: list | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.error_data = error_data or []
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.args[0], self.status_code, self.error_data)
+
+
+class Unauthorized(ClientError):
+    """Raised when a service refuses a Client request for a missing or wrong token (HTTP 401)."""

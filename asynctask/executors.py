@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import logs
+from .attempt import Attempt, running
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +39,18 @@ class KillablePool(Executor):
     task's class must therefore be importable.
     """
 
-    def __init__(self, max_workers: int) -> None:
+    def __init__(self, max_workers: int, progress: Callable[[str, int, float, str | None], None]) -> None:
         import pebble
 
-        self._pool = pebble.ProcessPool(max_workers=max_workers, context=multiprocessing.get_context("spawn"))
+        context = multiprocessing.get_context("spawn")
+        self._queue = context.Queue()
+        self._pool = pebble.ProcessPool(
+            max_workers=max_workers, context=context, initializer=_child_init, initargs=(self._queue,)
+        )
+        self._listener = threading.Thread(
+            target=_relay, args=(self._queue, progress), name="asynctask-progress", daemon=True
+        )
+        self._listener.start()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         return self._pool.schedule(fn, args=args, kwargs=kwargs)
@@ -52,6 +61,26 @@ class KillablePool(Executor):
         else:
             self._pool.stop()
         self._pool.join()
+        self._queue.put(None)
+        self._listener.join(timeout=5)
+
+
+#: In a pool's child: the queue progress goes back to the parent through.
+_to_parent: Any = None
+
+
+def _child_init(queue: Any) -> None:
+    global _to_parent
+    _to_parent = queue
+
+
+def _relay(queue: Any, progress: Callable[[str, int, float, str | None], None]) -> None:
+    """In the parent: hand progress from the children to `progress` until told to stop."""
+    while (item := queue.get()) is not None:
+        try:
+            progress(*item)
+        except Exception:
+            logger.exception("recording progress of task %s failed", item[0])
 
 
 def _dask_executor(address: str) -> Executor:
@@ -70,8 +99,12 @@ class Executors:
     started until first use in a process, so an `AsyncTask` built before a fork starts nothing.
     """
 
-    def __init__(self, spec: Any, max_worker: int | None) -> None:
+    def __init__(
+        self, spec: Any, max_worker: int | None,
+        progress: Callable[[str, int, float, str | None], None] = lambda *args: None,
+    ) -> None:
         self.max_worker = check_max_worker(max_worker)
+        self._progress = progress
         if spec is None or spec == "threads":
             self.kind = "threads"
         elif spec == "processes":
@@ -113,7 +146,7 @@ class Executors:
             else:
                 self._slots = ThreadPoolExecutor(self.capacity, thread_name_prefix="asynctask")
                 if self.kind == "processes":
-                    self._remote = KillablePool(self.capacity)
+                    self._remote = KillablePool(self.capacity, self._progress)
                 elif self.kind == "dask":
                     self._remote = _dask_executor(self._spec[len("dask://"):])
                 else:
@@ -143,7 +176,20 @@ class Executors:
                     executor.shutdown(wait=wait)
 
 
-def call_main(task: Any, task_id: str, params: dict[str, Any]) -> Any:
-    """Run `task.main` where an executor put it, logging to the task's file."""
-    with logs.opened(task.get_logger(task_id), Path(task.logger_dir), task_id) as task_log:
-        return task.main(logger=task_log, **params)
+def call_main(task: Any, attempt: Attempt) -> Any:
+    """Run `task.main` where an executor put it, logging to the task's file.
+
+    In a pool's child, progress goes back to the parent, which writes it.
+    """
+    if _to_parent is not None:
+        def report(percent: float, message: str | None) -> None:
+            _to_parent.put((attempt.task_id, attempt.number, percent, message))
+
+        attempt.reporter = report
+    task_logger = task.get_logger(attempt.task_id)
+    with running(attempt), logs.opened(task_logger, Path(task.logger_dir), attempt.task_id, attempt.trace_id) as log:
+        try:
+            return task.main(logger=log, **attempt.params)
+        finally:
+            if attempt.pending_progress is not None and attempt.reporter is not None:
+                attempt.reporter(attempt.pending_progress["percent"], attempt.pending_progress["message"])

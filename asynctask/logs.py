@@ -16,8 +16,11 @@ from contextlib import contextmanager
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
-#: The upstream tool's line format: pid, time, level, task id, module:line, message.
-LOG_FORMAT = "[{process:>5}] {asctime} | {levelname: <8} | {task_id} | {module}:{lineno} - {message}"
+#: The upstream tool's line format (pid, time, level, task id, module:line, message) plus the
+#: trace id of the request that submitted the task.
+LOG_FORMAT = (
+    "[{process:>5}] {asctime} | {levelname: <8} | {task_id} | {trace_id} | {module}:{lineno} - {message}"
+)
 MAX_BYTES = 10 * 1024 * 1024
 BACKUP_COUNT = 10
 
@@ -38,13 +41,14 @@ def task_logger(task_id: str) -> logging.Logger:
     return logger
 
 
-class _TaskFormatter(logging.Formatter):
-    def __init__(self, task_id: str) -> None:
-        super().__init__(LOG_FORMAT.replace("{task_id}", task_id.replace("{", "{{").replace("}", "}}")), style="{")
+def _formatter(task_id: str, trace_id: str | None) -> logging.Formatter:
+    """The line format with this task's ids filled in (both are validated, brace-free text)."""
+    fmt = LOG_FORMAT.replace("{task_id}", task_id).replace("{trace_id}", trace_id or "-")
+    return logging.Formatter(fmt, style="{")
 
 
-def _handlers(logger_dir: Path, task_id: str) -> list[logging.Handler]:
-    formatter = _TaskFormatter(task_id)
+def _handlers(logger_dir: Path, task_id: str, trace_id: str | None) -> list[logging.Handler]:
+    formatter = _formatter(task_id, trace_id)
     handlers: list[logging.Handler] = [
         RotatingFileHandler(
             log_path(logger_dir, task_id), maxBytes=MAX_BYTES, backupCount=BACKUP_COUNT,
@@ -59,12 +63,14 @@ def _handlers(logger_dir: Path, task_id: str) -> list[logging.Handler]:
 
 
 @contextmanager
-def opened(logger: logging.Logger, logger_dir: Path, task_id: str) -> Iterator[logging.Logger]:
+def opened(
+    logger: logging.Logger, logger_dir: Path, task_id: str, trace_id: str | None = None
+) -> Iterator[logging.Logger]:
     """Attach the task's file (and console) handlers to `logger` for the duration of an attempt."""
     with _lock:
         count, handlers = _open.get(task_id, (0, []))
         if count == 0:
-            handlers = _handlers(logger_dir, task_id)
+            handlers = _handlers(logger_dir, task_id, trace_id)
             for handler in handlers:
                 logger.addHandler(handler)
         _open[task_id] = (count + 1, handlers)
@@ -97,3 +103,35 @@ def _forget(logger: logging.Logger) -> None:
                 holder.loggerMap.pop(logger, None)
                 if not holder.loggerMap:
                     del registry[".".join(parts[:end])]
+
+
+def log_files(logger_dir: Path) -> dict[str, list[Path]]:
+    """The log files in `logger_dir` (rotated ones included), by task id."""
+    files: dict[str, list[Path]] = {}
+    for path in logger_dir.glob("*.log*"):
+        name, _, rest = path.name.partition(".log")
+        if rest == "" or rest[1:].isdigit():
+            files.setdefault(name, []).append(path)
+    return files
+
+
+#: Most bytes one read of a log returns; the client reads on from the offset it is given.
+MAX_READ = 1024 * 1024
+
+
+def read_log(logger_dir: Path, task_id: str, offset: int) -> tuple[bytes, int] | None:
+    """Bytes of the task's log from `offset`, and the offset to read on from; None if no log.
+
+    An offset past the end means the file was rotated since: reading starts over at 0.
+    """
+    path = log_path(logger_dir, task_id)
+    try:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if offset > size:
+                offset = 0
+            file.seek(offset)
+            chunk = file.read(MAX_READ)
+    except FileNotFoundError:
+        return None
+    return chunk, offset + len(chunk)

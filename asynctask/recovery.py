@@ -37,6 +37,7 @@ class Monitor:
         self._deadlines: dict[Attempt, datetime] = {}
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self._next_beat = time.monotonic() + interval
 
     def start(self) -> None:
         """Start the thread if it is not running; safe to call on every claim."""
@@ -50,6 +51,12 @@ class Monitor:
         self.start()
         with self._cond:
             self._deadlines[attempt] = deadline
+            self._cond.notify()
+
+    def sweep_at(self, monotonic_time: float) -> None:
+        """Run the next heartbeat and sweep no later than `monotonic_time` (a retry falls due)."""
+        with self._cond:
+            self._next_beat = min(self._next_beat, monotonic_time)
             self._cond.notify()
 
     def untrack(self, attempt: Attempt) -> None:
@@ -67,7 +74,6 @@ class Monitor:
             thread.join()
 
     def _loop(self) -> None:
-        next_beat = time.monotonic() + self._interval
         while True:
             with self._cond:
                 if self._stopped:
@@ -76,17 +82,19 @@ class Monitor:
                 expired = [a for a, deadline in self._deadlines.items() if deadline <= now]
                 for attempt in expired:
                     del self._deadlines[attempt]
-                if not expired and time.monotonic() < next_beat:
-                    waits = [next_beat - time.monotonic()]
+                beat_due = time.monotonic() >= self._next_beat
+                if not expired and not beat_due:
+                    waits = [self._next_beat - time.monotonic()]
                     waits += [(d - now).total_seconds() for d in self._deadlines.values()]
                     self._cond.wait(max(min(waits), 0.001))
                     continue
+                if beat_due:
+                    self._next_beat = time.monotonic() + self._interval
             for attempt in expired:
                 _logged(self._on_timeout, attempt)
-            if time.monotonic() >= next_beat:
+            if beat_due:
                 _logged(self._store.heartbeat, self._owner)
                 _logged(self._on_sweep)
-                next_beat = time.monotonic() + self._interval
 
 
 def _logged(function: Callable, *args: object) -> None:

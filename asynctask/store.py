@@ -19,7 +19,7 @@ from pymongo.errors import DuplicateKeyError
 
 from .errors import InvalidTransition, TaskNotFound
 from .jsonable import as_utc
-from .status import ACTIVE, ALLOWED_FROM, RERUNNABLE, TaskStatus
+from .status import ACTIVE, ALLOWED_FROM, FINISHED, RERUNNABLE, TaskStatus
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +27,13 @@ logger = logging.getLogger(__name__)
 PUBLIC_FIELDS = (
     "task_id", "status", "params", "result", "error", "attempts",
     "created_at", "started_at", "finished_at", "update_time",
+    "progress", "next_retry_at", "trace_id",
 )
 _PUBLIC_PROJECTION = {"_id": 0, **{name: 1 for name in PUBLIC_FIELDS}}
-_RESET_ON_CLAIM = {"result": "", "error": "", "started_at": "", "finished_at": "", "deadline": ""}
+_RESET_ON_CLAIM = {
+    "result": "", "error": "", "started_at": "", "finished_at": "", "deadline": "",
+    "progress": "", "cancel_requested": "", "expire_at": "", "next_retry_at": "",
+}
 
 
 def utcnow() -> datetime:
@@ -40,8 +44,9 @@ def utcnow() -> datetime:
 class TaskStore:
     """The task documents of one collection."""
 
-    def __init__(self, collection: Any) -> None:
+    def __init__(self, collection: Any, result_ttl: timedelta | None = None) -> None:
         self.collection = collection
+        self.result_ttl = result_ttl
         self._indexed_pid: int | None = None
 
     def ensure_indexes(self) -> None:
@@ -56,6 +61,9 @@ class TaskStore:
         self.collection.create_index(
             [("status", ASCENDING), ("created_at", DESCENDING)], name="status_created"
         )
+        self.collection.create_index([("created_at", DESCENDING)], name="created")
+        # Finished tasks with an `expire_at` are removed by MongoDB's TTL monitor.
+        self.collection.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0, name="expire_at_ttl")
         self._indexed_pid = os.getpid()
 
     def claim(
@@ -66,6 +74,7 @@ class TaskStore:
         owner: str,
         stale_after: timedelta,
         rerun_after: timedelta | None = None,
+        trace_id: str | None = None,
         now: datetime | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Queue the task for `owner` if the run rule allows it, in one atomic operation.
@@ -81,6 +90,7 @@ class TaskStore:
             "$set": {
                 "status": TaskStatus.QUEUED.value, "params": dict(params), "owner": owner,
                 "heartbeat_at": now, "queued_at": now, "update_time": now,
+                "trace_id": trace_id, "retries": 0, "lost": 0,
             },
             "$inc": {"attempts": 1},
             "$setOnInsert": {"created_at": now},
@@ -114,11 +124,13 @@ class TaskStore:
         fields: Mapping[str, Any] | None = None,
         unset: tuple[str, ...] = (),
         match: Mapping[str, Any] | None = None,
+        only_from: tuple[str, ...] | None = None,
         now: datetime | None = None,
     ) -> bool:
         """Move a task to status `to` if its current status allows it; fenced by `attempt`.
 
-        `match` adds conditions the document must meet (e.g. its owner).
+        `match` adds conditions the document must meet (e.g. its owner); `only_from` narrows
+        the statuses it may move from.
 
         Returns False, writing nothing, when the task is in no status that may move to `to`
         or when `attempt` is no longer the task's current attempt.
@@ -127,10 +139,11 @@ class TaskStore:
         if to not in ALLOWED_FROM:
             raise InvalidTransition(f"no task moves to {to!r} through a transition")
         now = now or utcnow()
-        query: dict[str, Any] = {**(match or {}), "task_id": task_id, "status": {"$in": list(ALLOWED_FROM[to])}}
+        sources = [status for status in ALLOWED_FROM[to] if only_from is None or status in only_from]
+        query: dict[str, Any] = {**(match or {}), "task_id": task_id, "status": {"$in": sources}}
         if attempt is not None:
             query["attempts"] = attempt
-        update: dict[str, Any] = {"$set": {**(fields or {}), "status": to, "update_time": now}}
+        update: dict[str, Any] = {"$set": {**(fields or {}), **self._expiry(to, now), "status": to, "update_time": now}}
         if unset:
             update["$unset"] = {name: "" for name in unset}
         return self.collection.update_one(query, update).matched_count == 1
@@ -153,11 +166,15 @@ class TaskStore:
         attempt: int | None,
         result: Any = None,
         error: str | None = None,
+        extra: Mapping[str, Any] | None = None,
         now: datetime | None = None,
     ) -> bool:
-        """Record how an attempt ended (success, failed, cancelled) unless it was superseded."""
+        """Record how an attempt ended (success, failed, cancelled) unless it was superseded.
+
+        `extra` holds further fields to write with it (`expire_at`, a last `progress`).
+        """
         now = now or utcnow()
-        fields = {"finished_at": now, "result": result, "error": error}
+        fields = {**(extra or {}), "finished_at": now, "result": result, "error": error}
         return self.transition(
             task_id, status, attempt=attempt, now=now, fields=fields, unset=("owner",)
         )
@@ -183,14 +200,15 @@ class TaskStore:
         return result.modified_count
 
     def fail_lost(self, stale_after: timedelta, max_attempts: int, now: datetime | None = None) -> int:
-        """Fail orphaned tasks that already had `max_attempts` attempts ("worker lost")."""
+        """Fail orphaned tasks whose owners were lost `max_attempts` times ("worker lost")."""
         now = now or utcnow()
         result = self.collection.update_many(
-            {**_orphaned(now, stale_after), "attempts": {"$gte": max_attempts}},
+            {**_orphaned(now, stale_after), "owner": {"$exists": True}, "lost": {"$gte": max_attempts - 1}},
             {
                 "$set": {
                     "status": TaskStatus.FAILED.value, "finished_at": now, "update_time": now,
-                    "error": f"worker lost: the task's owner stopped after {max_attempts} attempt(s)",
+                    "error": f"worker lost: the task's owner stopped in each of {max_attempts} attempt(s)",
+                    **self._expiry(TaskStatus.FAILED.value, now),
                 },
                 "$unset": {"owner": ""},
             },
@@ -200,21 +218,115 @@ class TaskStore:
     def claim_orphan(
         self, owner: str, stale_after: timedelta, max_attempts: int, now: datetime | None = None
     ) -> dict[str, Any] | None:
-        """Take over the longest-orphaned task for `owner` (attempts + 1), or None if there is none."""
+        """Take over one task nobody works on, for `owner` (attempts + 1), or None if there is none.
+
+        First a task without owner (released, or a retry that is due), then one whose owner
+        stopped heartbeating (which counts as a lost attempt).
+        """
         now = now or utcnow()
-        return self.collection.find_one_and_update(
-            {**_orphaned(now, stale_after), "attempts": {"$lt": max_attempts}},
-            {
-                "$set": {
-                    "status": TaskStatus.QUEUED.value, "owner": owner, "heartbeat_at": now,
-                    "queued_at": now, "update_time": now,
-                },
-                "$inc": {"attempts": 1},
-                "$unset": _RESET_ON_CLAIM,
-            },
-            sort=[("heartbeat_at", ASCENDING)],
-            return_document=ReturnDocument.AFTER,
+        claim = {
+            "status": TaskStatus.QUEUED.value, "owner": owner, "heartbeat_at": now,
+            "queued_at": now, "update_time": now,
+        }
+        reset = {**_RESET_ON_CLAIM, "next_retry_at": ""}
+        candidates = [
+            ({**_orphaned(now, stale_after), "owner": {"$exists": False}}, {}),
+            (
+                {**_orphaned(now, stale_after), "owner": {"$exists": True},
+                 "lost": {"$not": {"$gte": max_attempts - 1}}},
+                {"lost": 1},
+            ),
+        ]
+        for query, counted in candidates:
+            doc = self.collection.find_one_and_update(
+                query,
+                {"$set": claim, "$inc": {"attempts": 1, **counted}, "$unset": reset},
+                sort=[("heartbeat_at", ASCENDING)],
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is not None:
+                return doc
+        return None
+
+    def schedule_retry(
+        self, task_id: str, attempt: int, *, retries: int, error: str, at: datetime, now: datetime | None = None
+    ) -> bool:
+        """Put a failed attempt back as an unowned queued task that any process takes at `at`."""
+        return self.transition(
+            task_id, TaskStatus.QUEUED, attempt=attempt, now=now,
+            fields={"retries": retries, "next_retry_at": at, "error": error},
+            unset=("owner", "heartbeat_at", "deadline", "started_at"),
         )
+
+    def request_cancel(self, task_id: str, now: datetime | None = None) -> str:
+        """Cancel a queued task at once, or ask a running task's owner to stop it.
+
+        Returns the status the task is left in: "cancelled" or "running" (stop requested).
+        Raises `TaskNotFound` for an unknown task, `InvalidTransition` for a finished one.
+        """
+        now = now or utcnow()
+        if self.transition(
+            task_id, TaskStatus.CANCELLED, only_from=(TaskStatus.QUEUED.value,), now=now,
+            fields={"finished_at": now, "error": "cancelled before it started"},
+            unset=("owner", "heartbeat_at", "next_retry_at"),
+        ):
+            return TaskStatus.CANCELLED.value
+        if self.collection.update_one(
+            {"task_id": task_id, "status": TaskStatus.RUNNING.value},
+            {"$set": {"cancel_requested": True, "update_time": now}},
+        ).matched_count:
+            return TaskStatus.RUNNING.value
+        doc = self.collection.find_one({"task_id": task_id}, {"status": 1})
+        if doc is None:
+            raise TaskNotFound(f"task {task_id!r} not found")
+        raise InvalidTransition(f"task {task_id!r} is {doc.get('status')} and cannot be cancelled")
+
+    def cancel_requests(self, owner: str) -> list[tuple[str, int]]:
+        """(task_id, attempt) of `owner`'s running tasks someone asked to cancel."""
+        cursor = self.collection.find(
+            {"owner": owner, "status": TaskStatus.RUNNING.value, "cancel_requested": True},
+            {"_id": 0, "task_id": 1, "attempts": 1},
+        )
+        return [(doc["task_id"], doc["attempts"]) for doc in cursor]
+
+    def progress(self, task_id: str, attempt: int, percent: float, message: str | None) -> bool:
+        """Record the progress of a running attempt; ignored once the attempt is superseded."""
+        return self.collection.update_one(
+            {"task_id": task_id, "attempts": attempt, "status": TaskStatus.RUNNING.value},
+            {"$set": {"progress": {"percent": percent, "message": message}}},
+        ).matched_count == 1
+
+    def list(self, status: str | None = None, limit: int = 50, skip: int = 0) -> dict[str, Any]:
+        """A page of public views, newest first, with the total and the count per status."""
+        query = {"status": status} if status else {}
+        docs = (
+            self.collection.find(query, _PUBLIC_PROJECTION)
+            .sort([("created_at", DESCENDING), ("task_id", ASCENDING)])
+            .skip(skip)
+            .limit(limit)
+        )
+        counts = {
+            row["_id"]: row["n"]
+            for row in self.collection.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+            if row["_id"] is not None
+        }
+        total = counts.get(status, 0) if status else sum(counts.values())
+        return {"tasks": [_public(doc) for doc in docs], "total": total, "counts": counts}
+
+    def existing(self, task_ids: list[str]) -> set[str]:
+        """Which of `task_ids` have a document."""
+        cursor = self.collection.find({"task_id": {"$in": task_ids}}, {"_id": 0, "task_id": 1})
+        return {doc["task_id"] for doc in cursor}
+
+    def _expiry(self, status: str, now: datetime) -> dict[str, Any]:
+        """`expire_at` for a task that finishes now, when finished tasks expire."""
+        if self.result_ttl is None or status not in FINISHED:
+            return {}
+        return {"expire_at": now + self.result_ttl}
+
+    def ping(self) -> None:
+        """Raise unless the database answers a query."""
+        self.collection.find_one({"task_id": "__asynctask_healthz__"}, {"_id": 1})
 
     def update(self, task_id: str, data: Mapping[str, Any], now: datetime | None = None) -> None:
         """Upsert fields of a task's document, stamping `update_time` unless given."""
@@ -227,18 +339,26 @@ class TaskStore:
     def public(self, task_id: str) -> dict[str, Any] | None:
         """The public view of a task (CONTRACT section 3), times as aware UTC; None if unknown."""
         doc = self.collection.find_one({"task_id": task_id}, _PUBLIC_PROJECTION)
-        if doc is None:
-            return None
-        view = {name: doc.get(name) for name in PUBLIC_FIELDS}
-        for name, value in view.items():
-            if isinstance(value, datetime):
-                view[name] = as_utc(value)
-        return view
+        return None if doc is None else _public(doc)
+
+
+def _public(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored document as its public view, times as aware UTC."""
+    view = {name: doc.get(name) for name in PUBLIC_FIELDS}
+    for name, value in view.items():
+        if isinstance(value, datetime):
+            view[name] = as_utc(value)
+    return view
 
 
 def _orphaned(now: datetime, stale_after: timedelta) -> dict[str, Any]:
-    """Active tasks whose owner has not heartbeated within `stale_after` (or has none)."""
-    return {"status": {"$in": list(ACTIVE)}, "heartbeat_at": {"$not": {"$gte": now - stale_after}}}
+    """Active tasks nobody works on: no heartbeat within `stale_after` (or no owner), and no
+    retry waiting for a later time."""
+    return {
+        "status": {"$in": list(ACTIVE)},
+        "heartbeat_at": {"$not": {"$gte": now - stale_after}},
+        "next_retry_at": {"$not": {"$gt": now}},
+    }
 
 
 def _claimable(now: datetime, stale_after: timedelta, rerun_after: timedelta | None) -> list[dict]:

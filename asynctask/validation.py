@@ -6,6 +6,7 @@ import inspect
 import json
 import re
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any
 
 import bson
@@ -114,3 +115,28 @@ def check_result(result: Any) -> None:
     if size > MAX_BSON_SIZE - 64 * 1024:
         raise ResultNotStorable(f"main returned a result of {size} bytes; MongoDB stores at most 16 MiB")
 
+
+
+def duration(name: str, value: Any, *, optional: bool = False) -> timedelta | None:
+    """A positive number of seconds or timedelta as a timedelta; None only when `optional`."""
+    if value is None and optional:
+        return None
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        kind = "None, " if optional else ""
+        raise TypeError(f"{name} must be {kind}seconds (int or float) or a timedelta, not {value!r}")
+    if not seconds > 0:
+        raise ValueError(f"{name} must be positive, not {value!r}")
+    return timedelta(seconds=seconds)
+
+
+def positive_int(name: str, value: Any) -> int:
+    """`value` if it is an int >= 1, else a TypeError/ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value!r}")
+    return value

@@ -1,27 +1,36 @@
-"""The HTTP API (CONTRACT section 4): routes, the response envelope and error handling.
+"""The HTTP API (CONTRACT sections 4 and 8): routes, the response envelope, errors, auth, tracing.
 
-Every answer, errors included, is the envelope
+Every JSON answer, errors included, is the envelope
 `{"status": "ok"|"error", "data": ..., "error_data": [...], "error_msg": "..."}`.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Flask, Response, jsonify, request, url_for
-from werkzeug.exceptions import HTTPException
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, url_for
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, Unauthorized
 
+from . import logs
 from .errors import AsyncTaskError, InvalidParams, TaskNotFound
 from .jsonable import jsonable
+from .status import TaskStatus
 from .validation import check_task_id
 
 if TYPE_CHECKING:
     from .task import AsyncTask
 
 logger = logging.getLogger(__name__)
+
+EXTENSION = "asynctask"
+MAX_WAIT = 60.0
+MAX_LIMIT = 1000
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 
 
 class BadRequest(AsyncTaskError, ValueError):
@@ -43,6 +52,10 @@ def envelope(data: Any = None, status: int = 200, *, error_msg: str = "", error_
     return response
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _json_body(required: bool) -> dict[str, Any] | None:
     """The request body as a JSON object; None when absent and not `required`."""
     raw = request.get_data(cache=True)
@@ -61,8 +74,50 @@ def _json_body(required: bool) -> dict[str, Any] | None:
     return body
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+def _optional_body() -> dict[str, Any] | None:
+    """A GET's JSON body, if it has one; a body that is not a JSON object is ignored."""
+    try:
+        return _json_body(required=False)
+    except BadRequest:
+        return None
+
+
+def _number_arg(name: str, default: float, low: float, high: float | None = None, *, integer: bool = False) -> Any:
+    """A numeric query parameter within [low, high], or a 400 naming it."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be {'an integer' if integer else 'a number'}, not {raw!r}") from None
+    if not (low <= value and (high is None or value <= high)):
+        raise BadRequest(f"{name} must be between {low:g} and {high:g}" if high is not None else f"{name} must be at least {low:g}")
+    return value
+
+
+def _check_token(tokens: list[str]) -> None:
+    """401 unless the request carries `Authorization: Bearer <one of tokens>` (constant time)."""
+    if not tokens:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    given_bytes = given.strip().encode()
+    if scheme.lower() == "bearer" and any(hmac.compare_digest(given_bytes, t.encode()) for t in tokens):
+        return
+    raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+
+
+def _trace() -> None:
+    """Take the caller's X-Request-ID (or make one) as this request's trace id."""
+    given = request.headers.get("X-Request-ID", "")
+    g.asynctask_trace_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def _echo_trace(response: Response) -> Response:
+    trace_id = g.get("asynctask_trace_id")
+    if trace_id:
+        response.headers["X-Request-ID"] = trace_id
+    return response
 
 
 def create_blueprint(task: AsyncTask, endpoint: str = "/api", name: str | None = None) -> Blueprint:
@@ -71,11 +126,25 @@ def create_blueprint(task: AsyncTask, endpoint: str = "/api", name: str | None =
         raise ValueError(f"endpoint must be a path starting with '/', not {endpoint!r}")
     endpoint = endpoint.rstrip("/")
     blueprint = Blueprint(name or f"asynctask{endpoint.replace('/', '_') or '_root'}", __name__)
-    # A serving process heartbeats and recovers orphans even before it takes its first task.
-    blueprint.before_request(task.start)
 
-    def show(task_id: Any) -> Response:
-        view = task.retrieve(check_task_id(task_id))
+    @blueprint.before_request
+    def before() -> None:
+        _trace()
+        _check_token([task.api_token] if task.api_token else [])
+        if request.content_length is not None and request.content_length > task.max_content_length:
+            raise RequestEntityTooLarge()
+        try:
+            request.max_content_length = task.max_content_length
+        except AttributeError:  # Flask < 3.1: the Content-Length check above has to do
+            pass
+        # A serving process heartbeats and recovers orphans before it takes its first task.
+        task.start()
+
+    blueprint.after_request(_echo_trace)
+
+    def show(task_id: Any, wait: float = 0.0) -> Response:
+        check_task_id(task_id)
+        view = task.wait(task_id, wait) if wait > 0 else task.retrieve(task_id)
         if view is None:
             raise TaskNotFound(f"task {task_id!r} not found")
         return envelope(view)
@@ -93,40 +162,55 @@ def create_blueprint(task: AsyncTask, endpoint: str = "/api", name: str | None =
         task_id = params.pop("task_id", "")
         if task_id == "" and "task_id" in body["data"]:
             raise InvalidParams("task_id may not be empty")
-        doc = task._submit(task_id, params)
+        doc = task._submit(task_id, params, trace_id=g.asynctask_trace_id)
         response = envelope({"task_id": doc["task_id"], "status": doc["status"]}, 202)
         response.headers["Location"] = url_for(f".{show_by_path.__name__}", task_id=doc["task_id"])
+        response.headers["Retry-After"] = "1"
         return response
 
     @blueprint.get(endpoint or "/")
-    def show_by_query() -> Response:
+    def show_or_list() -> Response:
         body = _optional_body()
         task_id = body["task_id"] if body and "task_id" in body else request.args.get("task_id")
-        if task_id is None:
-            raise BadRequest("task_id is required: GET ?task_id=ID or a JSON body {\"task_id\": ID}")
-        return show(task_id)
+        if task_id is not None:
+            return show(task_id)
+        status = request.args.get("status") or None
+        if status is not None and status not in {s.value for s in TaskStatus}:
+            raise BadRequest(f"status must be one of {', '.join(s.value for s in TaskStatus)}")
+        limit = _number_arg("limit", 50, 1, MAX_LIMIT, integer=True)
+        skip = _number_arg("skip", 0, 0, integer=True)
+        return envelope(task.list(status, limit, skip))
 
     @blueprint.get(f"{endpoint}/<task_id>")
     def show_by_path(task_id: str) -> Response:
-        return show(task_id)
+        return show(task_id, _number_arg("wait", 0.0, 0.0, MAX_WAIT))
+
+    @blueprint.delete(f"{endpoint}/<task_id>")
+    def cancel(task_id: str) -> Response:
+        status = task.cancel(task_id)
+        running = status == TaskStatus.RUNNING.value
+        return envelope({"task_id": task_id, "status": status, "cancel_requested": running}, 202 if running else 200)
+
+    @blueprint.get(f"{endpoint}/<task_id>/log")
+    def log(task_id: str) -> Response:
+        check_task_id(task_id)
+        read = logs.read_log(task.logger_dir, task_id, _number_arg("offset", 0, 0, integer=True))
+        if read is None:
+            raise TaskNotFound(f"task {task_id!r} has no log")
+        chunk, next_offset = read
+        response = Response(chunk, mimetype="text/plain")
+        response.headers["X-Log-Offset"] = str(next_offset)
+        return response
 
     register_error_handlers(blueprint)
     return blueprint
-
-
-def _optional_body() -> dict[str, Any] | None:
-    """A GET's JSON body, if it has one; a body that is not a JSON object is ignored."""
-    try:
-        return _json_body(required=False)
-    except BadRequest:
-        return None
 
 
 def register_error_handlers(target: Flask | Blueprint) -> None:
     """Answer every error in the envelope; a server error gets an id and no details."""
 
     def handle_error(exc: AsyncTaskError) -> Response:
-        if exc.http_status >= 500:
+        if exc.http_status >= 500 and exc.http_status != 503:
             return handle_unexpected(exc)
         return envelope(None, exc.http_status, error_msg=str(exc), error_data=[{"type": type(exc).__name__}])
 
@@ -135,8 +219,10 @@ def register_error_handlers(target: Flask | Blueprint) -> None:
         if code >= 500:
             return handle_unexpected(exc)
         response = envelope(None, code, error_msg=exc.description or exc.name)
-        if code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+        if code == 405 and getattr(exc, "valid_methods", None):
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        if code == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
         return response
 
     def handle_unexpected(exc: Exception) -> Response:
@@ -152,15 +238,72 @@ def register_error_handlers(target: Flask | Blueprint) -> None:
     target.register_error_handler(Exception, handle_unexpected)
 
 
-def create_app(task: AsyncTask, endpoint: str = "/api") -> Flask:
-    """A Flask app with `/ping` and the task's routes at `endpoint`."""
-    app = Flask("asynctask")
-    app.config["MAX_CONTENT_LENGTH"] = task.max_content_length
-    app.register_blueprint(create_blueprint(task, endpoint))
+def _tasks() -> list[tuple[AsyncTask, str]]:
+    return current_app.extensions[EXTENSION]
+
+
+def _register_service_routes(app: Flask) -> None:
+    """/ping, /healthz, /metrics and /openapi.json, once per app, for every task type in it."""
+
+    def protected() -> None:
+        _check_token([task.api_token for task, _ in _tasks() if task.api_token])
 
     @app.get("/ping")
     def ping() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/healthz")
+    def healthz() -> Response:
+        try:
+            for task, _ in _tasks():
+                task._store.ping()
+        except Exception:
+            logger.warning("health check: the database did not answer", exc_info=True)
+            return envelope({"database": "unreachable"}, 503, error_msg="the database does not answer")
+        return envelope({"database": "ok"})
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        protected()
+        from . import metrics as prometheus
+
+        body, content_type = prometheus.render()
+        return Response(body, content_type=content_type)
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        protected()
+        from .openapi import openapi_spec
+
+        spec: dict[str, Any] = {}
+        for task, endpoint in _tasks():
+            part = openapi_spec(task, endpoint)
+            if not spec:
+                spec = part
+            else:
+                spec["paths"].update(part["paths"])
+                spec.setdefault("components", {}).setdefault("schemas", {}).update(
+                    part.get("components", {}).get("schemas", {})
+                )
+        return jsonify(spec)
+
+    app.before_request(_trace)
+    app.after_request(_echo_trace)
     register_error_handlers(app)
+
+
+def init_app(app: Flask, task: AsyncTask, endpoint: str = "/api") -> None:
+    """Serve `task` at `endpoint` in `app`; the service routes are added with the first task."""
+    registered = app.extensions.setdefault(EXTENSION, [])
+    if not registered:
+        _register_service_routes(app)
+    registered.append((task, endpoint.rstrip("/") or "/"))
+    app.register_blueprint(create_blueprint(task, endpoint))
+
+
+def create_app(task: AsyncTask, endpoint: str = "/api") -> Flask:
+    """A Flask app with `/ping`, `/healthz`, `/metrics`, `/openapi.json` and the task's routes."""
+    app = Flask("asynctask")
+    app.config["MAX_CONTENT_LENGTH"] = task.max_content_length
+    init_app(app, task, endpoint)
     return app

@@ -8,6 +8,7 @@ gunicorn imports `apps:app` in each worker; everything comes from environment va
 | `ASYNCTASK_MONGO_DB` | database name (default `asynctask_durability`) |
 | `APPS_COLLECTION` | the task collection; calls go to `<APPS_COLLECTION>_calls` |
 | `APPS_SECONDS` | how long `main` works (default 0) |
+| `APPS_RETRY_SECONDS` | how long it works from the second attempt on (default `APPS_SECONDS`) |
 | `APPS_HEARTBEAT` | `heartbeat_interval` in seconds (default 10) |
 | `APPS_STALE_AFTER` | `stale_after` in seconds (default 3 x heartbeat) |
 | `APPS_MAX_WORKER` | slots per process (default 4) |
@@ -49,24 +50,29 @@ TESTS = Path(__file__).resolve().parent
 
 
 class Recorded(AsyncTask):
-    """Works for `seconds`, recording the call's start and end in the calls collection."""
+    """Works for `seconds` (`retry_seconds` after the first attempt), recording each call in `calls`."""
 
-    def __init__(self, collection: Any, logger_dir: str, *, calls: Any, seconds: float, **options: Any) -> None:
+    def __init__(
+        self, collection: Any, logger_dir: str, *, calls: Any, seconds: float, retry_seconds: float | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(collection, logger_dir, **options)
         self.calls = calls
         self.seconds = seconds
+        self.retry_seconds = seconds if retry_seconds is None else retry_seconds
 
     def get_task_id(self, key: str) -> str:
         return key
 
     def main(self, logger: logging.Logger, key: str) -> dict[str, Any]:
         attempt = current(key)
+        number = attempt.number if attempt else None
         call_id = self.calls.insert_one({
-            "task_id": key, "pid": os.getpid(), "attempt": attempt.number if attempt else None,
-            "started": time.time(), "ended": None,
+            "task_id": key, "pid": os.getpid(), "attempt": number, "started": time.time(), "ended": None,
         }).inserted_id
-        logger.info("working %.2fs", self.seconds)
-        time.sleep(self.seconds)
+        seconds = self.seconds if number in (None, 1) else self.retry_seconds
+        logger.info("attempt %s working %.2fs", number, seconds)
+        time.sleep(seconds)
         self.calls.update_one({"_id": call_id}, {"$set": {"ended": time.time()}})
         return {"key": key, "pid": os.getpid()}
 
@@ -77,6 +83,7 @@ def build(
     *,
     database: str = DEFAULT_DB,
     seconds: float = 0.0,
+    retry_seconds: float | None = None,
     heartbeat: float = 10.0,
     stale_after: float | None = None,
     max_worker: int = 4,
@@ -86,7 +93,7 @@ def build(
     """A `Recorded` task on `database.collection` at `uri`, its calls in `<collection>_calls`."""
     return Recorded(
         LazyMongoCollection(uri, database, collection), log_dir,
-        calls=LazyMongoCollection(uri, database, f"{collection}_calls"), seconds=seconds,
+        calls=LazyMongoCollection(uri, database, f"{collection}_calls"), seconds=seconds, retry_seconds=retry_seconds,
         max_worker=max_worker, heartbeat_interval=heartbeat, stale_after=stale_after,
         max_attempts=max_attempts,
     )
@@ -98,11 +105,13 @@ def from_environment() -> Recorded | None:
     if not uri:
         return None
     stale_after = os.environ.get("APPS_STALE_AFTER")
+    retry_seconds = os.environ.get("APPS_RETRY_SECONDS")
     return build(
         uri,
         os.environ.get("APPS_COLLECTION", "tasks"),
         database=os.environ.get("ASYNCTASK_MONGO_DB") or DEFAULT_DB,
         seconds=float(os.environ.get("APPS_SECONDS", "0")),
+        retry_seconds=float(retry_seconds) if retry_seconds else None,
         heartbeat=float(os.environ.get("APPS_HEARTBEAT", "10")),
         stale_after=float(stale_after) if stale_after else None,
         max_worker=int(os.environ.get("APPS_MAX_WORKER", "4")),

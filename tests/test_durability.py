@@ -196,6 +196,7 @@ def test_orphan_past_max_attempts_fails_worker_lost(
     server = serve(mode="hooks", workers=1, seconds=30, heartbeat=0.2, stale_after=0.8, max_attempts=1)
     assert server.submit("k")[0] == 202
     doc = wait_until(lambda: all_in(db, name, ["k"], "running"), "the task runs")["k"]
+    wait_until(lambda: db[f"{name}_calls"].count_documents({}) == 1, "main started")
     os.kill(owner_pid(doc), signal.SIGKILL)
 
     doc = wait_until(lambda: all_in(db, name, ["k"], "failed"), "the orphan fails")["k"]
@@ -223,8 +224,11 @@ def test_sigterm_releases_running_tasks_at_once(
     docs = wait_until(lambda: all_in(db, name, keys, "queued"), "the tasks are released", timeout=grace + 5)
     assert time.monotonic() - stopped_at < grace + 5 < stale_after
     assert all("owner" not in doc and doc["attempts"] == 1 for doc in docs.values()), docs
-    wait_until(lambda: server.proc.poll() is not None and not alive(worker),
-               "gunicorn and its worker exit after the grace", timeout=grace + 5)
+    wait_until(
+        lambda: server.proc.poll() is not None and not alive(worker),
+        "gunicorn and its worker exit after the grace (a worker that lives on keeps running the"
+        " released tasks' main beside their next attempt)", timeout=grace + 5,
+    )
     stopped = time.time()
 
     local_task(seconds=0.05, heartbeat=0.2, stale_after=stale_after).start()

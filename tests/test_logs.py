@@ -99,6 +99,23 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+#: A task's log line: pid, time, level, task id, then (section 8) possibly other ids such as
+#: the trace id, then module:line and the message.
+LINE = re.compile(
+    r"^\[\s*(?P<pid>\d+)\] (?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \| (?P<level>[A-Z]+)\s* \| "
+    r"(?P<task>\S+) (?:\| \S+ )*\| (?P<module>\w+):(?P<line>\d+) - (?P<message>.*)$"
+)
+
+
+def _parsed(content: str, text: str) -> re.Match:
+    """The parts of the first line of `content` that holds `text`."""
+    line = next((line for line in content.splitlines() if text in line), None)
+    assert line is not None, f"no line holds {text!r} in:\n{content}"
+    match = LINE.match(line)
+    assert match, f"not a task log line: {line!r}"
+    return match
+
+
 # -- the file and its lines ---------------------------------------------------------------
 
 
@@ -115,13 +132,7 @@ def test_one_file_per_task_and_each_line_holds_time_level_pid_id_location_messag
     content = _wait_for_text(task.logger_dir / "first.log", "task succeeded")
     assert "second" not in content
 
-    line = next(line for line in content.splitlines() if "said line 0 of first" in line)
-    pattern = re.compile(
-        r"^\[\s*(?P<pid>\d+)\] (?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \| (?P<level>\w+)\s* \| "
-        r"(?P<task>\S+) \| (?P<module>\w+):(?P<line>\d+) - (?P<message>.*)$"
-    )
-    match = pattern.match(line)
-    assert match, line
+    match = _parsed(content, "said line 0 of first")
     assert int(match["pid"]) == os.getpid()
     logged_at = datetime.strptime(match["time"], "%Y-%m-%d %H:%M:%S,%f")
     assert before <= logged_at <= after + timedelta(seconds=1)
@@ -131,8 +142,8 @@ def test_one_file_per_task_and_each_line_holds_time_level_pid_id_location_messag
     assert int(match["line"]) == _line_of(Talker.main, 'logger.info("said line')
     assert match["message"] == "said line 0 of first"
 
-    warning = next(line for line in content.splitlines() if "written through getLogger" in line)
-    assert " | WARNING  | first | test_logs:" in warning
+    warning = _parsed(content, "written through getLogger")
+    assert (warning["level"], warning["task"], warning["module"]) == ("WARNING", "first", "test_logs")
 
 
 def test_get_logger_by_task_id_inside_main_is_the_task_logger(make_task, wait_for):
@@ -155,8 +166,8 @@ def test_success_and_failure_outcomes_are_logged(make_task, wait_for):
 
     assert "task succeeded" in _wait_for_text(task.logger_dir / "fine.log", "task succeeded")
     failed = _wait_for_text(task.logger_dir / "broken.log", "task failed")
-    failed_line = next(line for line in failed.splitlines() if "task failed" in line)
-    assert " | ERROR    | broken | " in failed_line
+    failed_line = _parsed(failed, "task failed")
+    assert (failed_line["level"], failed_line["task"]) == ("ERROR", "broken")
     assert "ValueError: asked to fail: broken" in failed
     assert "task succeeded" not in failed
 
@@ -226,7 +237,8 @@ def test_console_output_without_disable_stream_handler(make_task, wait_for, monk
     task_id = task.run(value="shown-on-console")
     assert wait_for(task, task_id)["status"] == "success"
     err = capfd.readouterr().err
-    assert re.search(rf"\| INFO     \| {task_id} \| tasks:\d+ - echo 'shown-on-console'", err), err
+    line = _parsed(err, "echo 'shown-on-console'")
+    assert (line["level"], line["task"], line["module"]) == ("INFO", task_id, "tasks")
 
 
 def test_no_console_output_with_disable_stream_handler(make_task, wait_for, monkeypatch, capfd):
@@ -259,10 +271,8 @@ def test_dotted_task_id_logs_only_into_its_own_file(make_task, wait_for):
     assert "by name while both run: a.b" in child_log
     assert "while both run: a\n" in parent_log
     assert "a.b" not in parent_log
-    for line in parent_log.splitlines():
-        assert " | a | " in line, line
-    for line in child_log.splitlines():
-        assert " | a.b | " in line, line
+    assert {LINE.match(line)["task"] for line in parent_log.splitlines()} == {"a"}
+    assert {LINE.match(line)["task"] for line in child_log.splitlines()} == {"a.b"}
 
 
 def test_task_log_rotates(make_task, wait_for, monkeypatch):

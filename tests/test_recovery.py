@@ -19,10 +19,10 @@ from asynctask.store import TaskStore, utcnow
 FAST = {"heartbeat_interval": 0.05, "stale_after": 0.3}
 
 
-def orphan(collection, task_id, params, *, attempts=1, status="running", age=3600.0):
-    """A task whose owner died `age` seconds after its last heartbeat."""
+def orphan(collection, task_id, params, *, attempts=1, lost=0, status="running", age=3600.0):
+    """A task whose owner died `age` seconds ago, having lost `lost` owners before."""
     collection.insert_one({
-        "task_id": task_id, "status": status, "params": params, "attempts": attempts,
+        "task_id": task_id, "status": status, "params": params, "attempts": attempts, "lost": lost,
         "owner": "dead-host:1:gone", "heartbeat_at": utcnow() - timedelta(seconds=age),
         "created_at": utcnow(), "update_time": utcnow(),
     })
@@ -48,7 +48,7 @@ def test_live_process_takes_over_an_orphan(make_task, wait_for, memory):
 
 @pytest.mark.parametrize("status", ["queued", "running"])
 def test_orphan_out_of_attempts_fails_with_worker_lost(make_task, wait_for, memory, status):
-    orphan(memory, "doomed", {"value": 1}, attempts=3, status=status)
+    orphan(memory, "doomed", {"value": 1}, attempts=3, lost=2, status=status)
     task = make_task(Echo, memory, max_attempts=3, **FAST)
     task.start()
     view = wait_for(task, "doomed")
@@ -136,14 +136,17 @@ def test_shutdown_with_grace_lets_quick_tasks_finish(tmp_path, wait_for, memory)
 def test_store_sweep_operations(memory):
     store = TaskStore(memory)
     orphan(memory, "a", {}, attempts=1)
-    orphan(memory, "b", {}, attempts=3)
+    orphan(memory, "b", {}, attempts=3, lost=2)
+    orphan(memory, "retried", {}, attempts=5, lost=0, age=7200)
     orphan(memory, "fresh", {}, attempts=1, age=0)
     assert store.fail_lost(timedelta(seconds=30), max_attempts=3) == 1
     assert memory.find_one({"task_id": "b"})["status"] == "failed"
     doc = store.claim_orphan("me", timedelta(seconds=30), max_attempts=3)
-    assert doc["task_id"] == "a" and doc["owner"] == "me" and doc["attempts"] == 2
+    assert doc["task_id"] == "retried" and doc["attempts"] == 6 and doc["lost"] == 1, "retries are not lost workers"
+    doc = store.claim_orphan("me", timedelta(seconds=30), max_attempts=3)
+    assert doc["task_id"] == "a" and doc["owner"] == "me" and doc["attempts"] == 2 and doc["lost"] == 1
     assert store.claim_orphan("me", timedelta(seconds=30), max_attempts=3) is None
-    assert store.release("me") == 1
+    assert store.release("me") == 2
     released = memory.find_one({"task_id": "a"})
     assert released["status"] == "queued" and "owner" not in released and "heartbeat_at" not in released
 

@@ -1,0 +1,86 @@
+"""Prometheus metrics of the task lifecycle and the HTTP API (CONTRACT section 8, `/metrics`).
+
+Under several gunicorn workers set `PROMETHEUS_MULTIPROC_DIR` to an empty, writable folder
+before the server starts: each process then writes its values there, `render()` adds them
+up, and gunicorn's `child_exit` hook calls `mark_process_dead(pid)`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# prometheus_client wants its metrics defined once, at import time.
+TASKS_SUBMITTED = Counter(
+    "asynctask_tasks_submitted", "Tasks submitted to run (claims that started an attempt).", ["task"]
+)
+TASKS_FINISHED = Counter(
+    "asynctask_tasks_finished", "Tasks that reached a final status.", ["task", "status"]
+)
+TASK_DURATION = Histogram(
+    "asynctask_task_duration_seconds", "How long an attempt ran, start to end.", ["task"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, float("inf")),
+)
+TASKS_IN_FLIGHT = Gauge(
+    "asynctask_tasks_in_flight", "Attempts running now.", ["task"], multiprocess_mode="livesum"
+)
+HTTP_REQUESTS = Counter(
+    "asynctask_http_requests", "HTTP requests answered.", ["method", "route", "code"]
+)
+
+
+def submitted(task_name: str) -> None:
+    """Count a task handed to a worker."""
+    TASKS_SUBMITTED.labels(task=task_name).inc()
+
+
+def started(task_name: str) -> None:
+    """Count an attempt that started running in this process."""
+    TASKS_IN_FLIGHT.labels(task=task_name).inc()
+
+
+def finished(task_name: str, status: str, seconds: float | None) -> None:
+    """Count a task that ended in `status`; `seconds` is how long it ran here, None if it did not run here."""
+    TASKS_FINISHED.labels(task=task_name, status=str(status)).inc()
+    if seconds is not None:
+        # Only an attempt that `started()` in this process left the in-flight gauge raised.
+        TASKS_IN_FLIGHT.labels(task=task_name).dec()
+        TASK_DURATION.labels(task=task_name).observe(max(float(seconds), 0.0))
+
+
+def request(method: str, route: str, code: int) -> None:
+    """Count an HTTP request; `route` is the URL rule (`/api/<task_id>`), never the raw path."""
+    HTTP_REQUESTS.labels(method=method, route=route, code=str(code)).inc()
+
+
+def multiprocess_dir() -> str | None:
+    """The folder processes share their values in, or None in single-process mode."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def render() -> tuple[bytes, str]:
+    """The metrics in Prometheus text format, and its content type."""
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop the live gauges of a worker that exited (gunicorn's `child_exit` hook)."""
+    if multiprocess_dir():
+        multiprocess.mark_process_dead(pid)

@@ -1,0 +1,231 @@
+"""The OpenAPI document (CONTRACT section 8, `/openapi.json`): valid, and typed from `main`."""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+
+import pytest
+from openapi_spec_validator import validate
+
+from asynctask import AsyncTask, MemoryCollection
+from asynctask.openapi import TASK_ID_PATTERN, openapi_spec, schema_for
+from tasks import Echo, Typed
+
+
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Varied(AsyncTask):
+    """Params of many kinds."""
+
+    def main(
+        self,
+        logger: logging.Logger,
+        name: Optional[str],
+        tags: list[str],
+        mode: Literal["fast", "slow"] = "fast",
+        ratio: float | None = None,
+        anything=None,
+        options: dict = {},  # noqa: B006 - only read
+        pair: tuple[int, int] = (1, 2),
+        color: Color = Color.RED,
+        when: Any = object(),
+        *,
+        flag: bool = False,
+    ) -> None:
+        return None
+
+
+class Unresolvable(AsyncTask):
+    def main(self, logger: logging.Logger, a: int, b: NoSuchType = 1) -> None:  # noqa: F821
+        return None
+
+
+@pytest.fixture
+def spec_of(make_task):
+    """`spec_of(cls, **options)`: the OpenAPI document of a task instance, validated."""
+
+    def build(cls: type[AsyncTask], endpoint: str = "/api", **options: Any) -> dict[str, Any]:
+        task = make_task(cls)
+        for name, value in options.items():
+            setattr(task, name, value)
+        spec = openapi_spec(task, endpoint)
+        validate(spec)
+        return spec
+
+    return build
+
+
+def params(spec: dict[str, Any]) -> dict[str, Any]:
+    return spec["components"]["schemas"]["Params"]
+
+
+def test_the_document_is_valid_openapi_3(spec_of):
+    spec = spec_of(Typed)
+    assert spec["openapi"] == "3.0.3"
+    assert json.loads(json.dumps(spec, allow_nan=False)) == spec
+    assert spec["info"]["title"] == "Typed task API"
+    assert set(spec["paths"]) == {
+        "/api", "/api/{task_id}", "/api/{task_id}/log", "/ping", "/healthz", "/metrics", "/openapi.json",
+    }
+    assert set(spec["paths"]["/api"]) == {"post", "get"}
+    assert set(spec["paths"]["/api/{task_id}"]) == {"parameters", "get", "delete"}
+
+
+def test_the_title_and_endpoint_can_be_chosen(make_task):
+    spec = openapi_spec(make_task(Typed), "/tasks/count/", title="Counting")
+    validate(spec)
+    assert spec["info"]["title"] == "Counting"
+    assert "/tasks/count" in spec["paths"] and "/tasks/count/{task_id}/log" in spec["paths"]
+    with pytest.raises(ValueError):
+        openapi_spec(make_task(Typed), "api")
+
+
+def test_the_post_body_follows_mains_signature(spec_of):
+    spec = spec_of(Typed)
+    body = spec["paths"]["/api"]["post"]["requestBody"]
+    assert body["required"] is True
+    assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/SubmitBody"}
+    assert spec["components"]["schemas"]["SubmitBody"]["required"] == ["data"]
+    data = params(spec)
+    assert data["required"] == ["text"]
+    assert data["properties"]["text"] == {"type": "string"}
+    assert data["properties"]["top"] == {"type": "integer", "default": 10}
+    assert data["additionalProperties"] is False
+    assert "logger" not in data["properties"]
+
+
+def test_task_id_is_an_optional_param_for_a_rerun(spec_of):
+    data = params(spec_of(Typed))
+    assert data["properties"]["task_id"]["type"] == "string"
+    assert data["properties"]["task_id"]["pattern"] == TASK_ID_PATTERN
+    assert "task_id" not in data["required"]
+
+
+def test_a_main_with_kwargs_takes_any_other_param(spec_of):
+    data = params(spec_of(Echo))
+    assert "additionalProperties" not in data
+    assert "required" not in data
+    assert data["properties"]["value"] == {"default": None}
+
+
+def test_annotations_map_to_json_types(spec_of):
+    data = params(spec_of(Varied))
+    props = data["properties"]
+    assert data["required"] == ["name", "tags"]
+    assert props["name"] == {"type": "string", "nullable": True}
+    assert props["tags"] == {"type": "array", "items": {"type": "string"}}
+    assert props["mode"] == {"type": "string", "enum": ["fast", "slow"], "default": "fast"}
+    assert props["ratio"] == {"type": "number", "nullable": True, "default": None}
+    assert props["anything"] == {"default": None}
+    assert props["options"] == {"type": "object", "default": {}}
+    assert props["pair"] == {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2,
+                             "default": [1, 2]}
+    assert props["color"] == {"type": "string", "enum": ["red", "blue"], "default": "red"}
+    assert props["when"] == {}  # no JSON default for an object()
+    assert props["flag"] == {"type": "boolean", "default": False}
+
+
+@pytest.mark.parametrize(("annotation", "schema"), [
+    (int, {"type": "integer"}),
+    (bool, {"type": "boolean"}),
+    (Any, {}),
+    (List[int], {"type": "array", "items": {"type": "integer"}}),
+    (list, {"type": "array", "items": {}}),
+    (Sequence[str], {"type": "array", "items": {"type": "string"}}),
+    (Tuple[str, ...], {"type": "array", "items": {"type": "string"}}),
+    (set[int], {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}),
+    (Dict[str, float], {"type": "object", "additionalProperties": {"type": "number"}}),
+    (Mapping, {"type": "object"}),
+    (Optional[List[int]], {"type": "array", "items": {"type": "integer"}, "nullable": True}),
+    (Optional[Any], {}),
+    (Union[int, str], {"anyOf": [{"type": "integer"}, {"type": "string"}]}),
+    (Union[int, str, None], {"anyOf": [{"type": "integer", "nullable": True}, {"type": "string", "nullable": True}]}),
+    (Literal[1, 2], {"type": "integer", "enum": [1, 2]}),
+    (Literal["a", None], {"type": "string", "enum": ["a", None], "nullable": True}),
+    (Literal["a", 1], {"enum": ["a", 1]}),
+    (Optional[Literal["a", "b"]], {"type": "string", "enum": ["a", "b", None], "nullable": True}),
+    (logging.Logger, {}),
+])
+def test_schema_for(annotation, schema):
+    assert schema_for(annotation) == schema
+
+
+def test_an_unresolvable_annotation_only_loses_its_own_type(spec_of):
+    props = params(spec_of(Unresolvable))["properties"]
+    assert props["a"] == {"type": "integer"}
+    assert props["b"] == {"default": 1}
+
+
+def test_the_task_id_path_parameter_has_the_id_pattern(spec_of):
+    spec = spec_of(Typed)
+    ref = spec["paths"]["/api/{task_id}"]["parameters"][0]["$ref"]
+    parameter = spec["components"]["parameters"][ref.rsplit("/", 1)[1]]
+    assert parameter["in"] == "path" and parameter["required"] is True
+    assert parameter["schema"]["pattern"] == TASK_ID_PATTERN == "^[A-Za-z0-9_.:-]{1,128}$"
+    pattern = re.compile(TASK_ID_PATTERN)
+    assert pattern.match("a.b:c-d_9") and not pattern.match("a/b") and not pattern.match("x" * 129)
+
+
+def test_routes_answer_with_the_documented_codes(spec_of):
+    paths = spec_of(Typed)["paths"]
+    assert set(paths["/api"]["post"]["responses"]) == {"202", "400", "401", "413", "500"}
+    assert set(paths["/api"]["get"]["responses"]) == {"200", "400", "401", "404"}
+    assert set(paths["/api/{task_id}"]["get"]["responses"]) == {"200", "400", "401", "404"}
+    assert {"200", "202", "401", "404", "409"} <= set(paths["/api/{task_id}"]["delete"]["responses"])
+    log = paths["/api/{task_id}/log"]["get"]
+    assert "X-Log-Offset" in log["responses"]["200"]["headers"]
+    assert "text/plain" in log["responses"]["200"]["content"]
+    assert log["parameters"][0]["schema"] == {"type": "integer", "minimum": 0, "default": 0}
+    assert set(paths["/healthz"]["get"]["responses"]) == {"200", "503"}
+    assert "text/plain" in paths["/metrics"]["get"]["responses"]["200"]["content"]
+
+
+def test_the_list_and_long_poll_query_parameters(spec_of):
+    paths = spec_of(Typed)["paths"]
+    query = {p["name"]: p["schema"] for p in paths["/api"]["get"]["parameters"]}
+    assert query["limit"] == {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}
+    assert query["skip"] == {"type": "integer", "minimum": 0, "default": 0}
+    assert query["status"] == {"$ref": "#/components/schemas/TaskStatus"}
+    assert query["task_id"]["type"] == "string"
+    wait = paths["/api/{task_id}"]["get"]["parameters"][0]
+    assert wait["name"] == "wait" and wait["schema"] == {"type": "number", "minimum": 0, "maximum": 60}
+
+
+def test_answers_use_the_envelope_and_the_public_view(spec_of):
+    schemas = spec_of(Typed)["components"]["schemas"]
+    assert schemas["TaskStatus"]["enum"] == ["pending", "queued", "running", "success", "failed", "cancelled"]
+    error = schemas["Error"]
+    assert error["required"] == ["status", "data", "error_data", "error_msg"]
+    assert error["properties"]["status"]["enum"] == ["error"]
+    view = schemas["Task"]["properties"]
+    assert view["created_at"] == {"type": "string", "format": "date-time", "nullable": True}
+    assert view["progress"]["nullable"] is True
+    assert {"task_id", "status", "result", "error", "attempts", "started_at", "finished_at", "update_time",
+            "next_retry_at", "trace_id", "params"} <= set(view)
+
+
+def test_security_only_with_an_api_token(spec_of):
+    spec = spec_of(Typed)
+    assert "security" not in spec and "securitySchemes" not in spec["components"]
+    spec = spec_of(Typed, api_token="s3cret")
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {"type": "http", "scheme": "bearer"}
+    assert spec["security"] == [{"bearerAuth": []}]
+    assert spec["paths"]["/ping"]["get"]["security"] == []
+    assert spec["paths"]["/healthz"]["get"]["security"] == []
+    assert "security" not in spec["paths"]["/api"]["post"]
+    assert "s3cret" not in repr(spec)
+
+
+def test_building_the_document_has_no_side_effects(make_task):
+    task = make_task(Typed)
+    first = openapi_spec(task)
+    first["components"]["schemas"]["Task"]["properties"]["created_at"]["nullable"] = False
+    assert openapi_spec(task) != first
