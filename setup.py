@@ -20,9 +20,16 @@ setup(
         "mongomock>=4.1",
         "gunicorn>=21.2",
         "pebble>=5.0",
+        "prometheus_client>=0.17",
+        "requests>=2.28",
     ],
     extras_require={
-        "test": ["pytest>=7.4"],
+        "test": [
+            "pytest>=7.4",
+            "distributed>=2023.1",
+            "openapi-spec-validator>=0.7",
+            "schemathesis>=3.19",
+        ],
         "dev": ["pytest>=7.4", "ruff>=0.5", "tox>=4"],
         "dask": ["distributed>=2023.1"],
     },

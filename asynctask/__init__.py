@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .attempt import cancelled, report_progress
 from .connection import default_collection
 from .errors import (
     AsyncTaskError,
@@ -9,6 +10,7 @@ from .errors import (
     InvalidTaskId,
     InvalidTransition,
     ResultNotStorable,
+    ShuttingDown,
     TaskNotFound,
     TaskTimeout,
 )
@@ -26,9 +28,12 @@ __all__ = [
     "InvalidTransition",
     "MemoryCollection",
     "ResultNotStorable",
+    "ShuttingDown",
     "TaskNotFound",
     "TaskStatus",
     "TaskTimeout",
     "__version__",
+    "cancelled",
     "default_collection",
+    "report_progress",
 ]

@@ -7,6 +7,7 @@ schema is loaded from `openapi_spec()` directly, so this works whether or not th
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 import pytest
@@ -15,22 +16,30 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
+from asynctask import MemoryCollection
 from asynctask.openapi import openapi_spec
 from tasks import Typed
 
 CHECKS = [not_a_server_error, response_schema_conformance]
 
 
+def _document() -> dict[str, Any]:
+    """The document of `Typed` at /api; it depends on the class only, so a throwaway instance will do."""
+    task = Typed(MemoryCollection(), tempfile.gettempdir())
+    try:
+        return openapi_spec(task, "/api")
+    finally:
+        task.shutdown()
+
+
+# schemathesis parametrizes at collection time, so the schema exists at import; the app per test.
+schema = schemathesis.openapi.from_dict(_document())
+
+
 @pytest.fixture
-def api_schema(make_task: Any) -> Any:
-    """The document of a `Typed` task at /api, calling its Flask app through WSGI."""
-    task = make_task(Typed)
-    schema = schemathesis.openapi.from_dict(openapi_spec(task, "/api"))
-    schema.app = task.app("/api")
-    return schema
-
-
-schema = schemathesis.pytest.from_fixture("api_schema")
+def app(make_task: Any) -> Any:
+    """A fresh `Typed` service on an in-memory store, at /api."""
+    return make_task(Typed).app("/api")
 
 
 @schema.parametrize()
@@ -38,5 +47,5 @@ schema = schemathesis.pytest.from_fixture("api_schema")
     max_examples=25, deadline=None, database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-def test_api_keeps_to_its_document(case: Any) -> None:
-    case.call_and_validate(checks=CHECKS)
+def test_api_keeps_to_its_document(case: Any, app: Any) -> None:
+    case.call_and_validate(checks=CHECKS, app=app)
