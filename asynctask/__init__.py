@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from .attempt import cancelled, report_progress
+from .client import Client
 from .connection import default_collection
 from .errors import (
     AsyncTaskError,
+    ClientError,
     InvalidParams,
     InvalidTaskId,
     InvalidTransition,
     ResultNotStorable,
     ShuttingDown,
+    TaskCancelled,
+    TaskFailed,
     TaskNotFound,
     TaskTimeout,
+    Unauthorized,
 )
 from .memory import MemoryCollection
 from .status import TaskStatus
@@ -23,15 +28,20 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncTask",
     "AsyncTaskError",
+    "Client",
+    "ClientError",
     "InvalidParams",
     "InvalidTaskId",
     "InvalidTransition",
     "MemoryCollection",
     "ResultNotStorable",
     "ShuttingDown",
+    "TaskCancelled",
+    "TaskFailed",
     "TaskNotFound",
     "TaskStatus",
     "TaskTimeout",
+    "Unauthorized",
     "__version__",
     "cancelled",
     "default_collection",

@@ -35,6 +35,8 @@ MAX_WAIT = 60
 MIN_POLL_INTERVAL = 0.2
 #: How long past a `wait` deadline a long-poll answer is still awaited.
 DEADLINE_SLACK = 0.2
+#: The longest long-poll while `on_update` watches: the service answers early only when a task ends.
+UPDATE_INTERVAL = 1
 
 _ERRORS: dict[int, type[Exception]] = {400: InvalidParams, 401: Unauthorized, 404: TaskNotFound}
 
@@ -52,7 +54,8 @@ class Client:
     def __init__(self, base_url: str, token: str | None = None, *, endpoint: str = "/api",
                  timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self.url = self.base_url + "/" + endpoint.strip("/")
+        path = endpoint.strip("/")
+        self.url = f"{self.base_url}/{path}" if path else self.base_url
         self.timeout = timeout
         self.session = requests.Session()
         if token:
@@ -70,15 +73,17 @@ class Client:
              on_update: Callable[[dict[str, Any]], Any] | None = None) -> Any:
         """Wait until the task is finished and return its result.
 
-        Long-polls the service, calling `on_update(view)` with every view it gets. Raises
+        Long-polls the service, calling `on_update(view)` with every view it gets (with
+        `on_update`, at least once a second, so it sees progress). Raises
         `TaskFailed` (with the server's `.error` text), `TaskCancelled`, or `TimeoutError` once
         `timeout` seconds have passed (None: wait for ever; 0: look once).
         """
         url = self._task_url(task_id)
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
+        longest = MAX_WAIT if on_update is None else UPDATE_INTERVAL
         while True:
             started = time.monotonic()
-            view = self._poll(url, deadline)
+            view = self._poll(url, deadline, longest)
             if view is None:
                 raise TimeoutError(f"task {task_id} did not finish within {timeout} s")
             if on_update is not None:
@@ -111,6 +116,7 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # Last in the class: from here on, `list` in the class body names this method, not the builtin.
     def list(self, status: str | None = None, limit: int = 50, skip: int = 0) -> dict[str, Any]:
         """Tasks newest first: `{"tasks": [views], "total": n, "counts": {status: n}}`."""
         query: dict[str, Any] = {"limit": limit, "skip": skip}
@@ -123,15 +129,15 @@ class Client:
     def _task_url(self, task_id: str) -> str:
         return f"{self.url}/{check_task_id(task_id)}"
 
-    def _poll(self, url: str, deadline: float | None) -> dict[str, Any] | None:
-        """One long-poll; None when the deadline passed before the service answered."""
+    def _poll(self, url: str, deadline: float | None, longest: int) -> dict[str, Any] | None:
+        """One long-poll of at most `longest` s; None when the deadline passed before the answer."""
         if deadline is None:
-            return self._request("GET", url, params={"wait": MAX_WAIT}, read_timeout=MAX_WAIT + self.timeout)
+            return self._request("GET", url, params={"wait": longest}, read_timeout=longest + self.timeout)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return self._request("GET", url)
         # Whole seconds suit any server; the read timeout keeps the deadline when they overshoot.
-        seconds = min(MAX_WAIT, max(1, int(remaining)))
+        seconds = min(longest, max(1, int(remaining)))
         try:
             return self._request("GET", url, params={"wait": seconds},
                                  read_timeout=min(seconds + self.timeout, remaining + DEADLINE_SLACK))

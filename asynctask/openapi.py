@@ -12,6 +12,7 @@ import inspect
 import json
 import types
 import typing
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .status import TaskStatus
@@ -151,21 +152,33 @@ def _json_value(value: Any) -> tuple[bool, Any]:
 
 
 def params_schema(task: AsyncTask) -> dict[str, Any]:
-    """The schema of `data` in a POST body, from `main`'s signature and annotations."""
+    """The schema of the params of a new task (`data` in a POST body), from `main`'s signature."""
     signature = getattr(task, "_signature", None) or Signature(task.main)
     hints = _hints(task.main, signature.parameters)
     properties = {name: _param_schema(param, hints.get(name, param.annotation))
                   for name, param in signature.parameters.items()}
-    properties["task_id"] = {
-        "type": "string", "pattern": TASK_ID_PATTERN,
-        "description": "Re-run the stored task with this id and its stored params (give no other params).",
-    }
     schema: dict[str, Any] = {"type": "object", "properties": properties}
     if signature.required:
         schema["required"] = list(signature.required)
-    if not signature.var_keyword:
+    if signature.var_keyword:
+        # **kwargs takes any name but these two: run() and asynctask pass them itself.
+        schema["not"] = {"anyOf": [{"required": ["task_id"]}, {"required": ["logger"]}]}
+    else:
         schema["additionalProperties"] = False
     return schema
+
+
+def rerun_schema() -> dict[str, Any]:
+    """The schema of `data` that re-runs a stored task: its id and nothing else."""
+    return {
+        "type": "object",
+        "required": ["task_id"],
+        "properties": {"task_id": {
+            "type": "string", "pattern": TASK_ID_PATTERN,
+            "description": "Re-run the stored task with this id and its stored params (not '.' or '..').",
+        }},
+        "additionalProperties": False,
+    }
 
 
 def _param_schema(param: inspect.Parameter, annotation: Any) -> dict[str, Any]:
@@ -184,60 +197,110 @@ def _param_schema(param: inspect.Parameter, annotation: Any) -> dict[str, Any]:
 
 def openapi_spec(task: AsyncTask, endpoint: str = "/api", *, title: str | None = None) -> dict[str, Any]:
     """The OpenAPI 3.0.3 document of `task` served at `endpoint` (as `task.app(endpoint)` does)."""
+    return openapi_document([(task, endpoint)], title=title)
+
+
+def openapi_document(services: Iterable[tuple[AsyncTask, str]], *, title: str | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.0.3 document of one app serving several (task, endpoint) pairs."""
     from . import __version__
 
-    if not isinstance(endpoint, str) or not endpoint.startswith("/"):
-        raise ValueError(f"endpoint must be a path starting with '/', not {endpoint!r}")
-    base = endpoint.rstrip("/")
+    services = [(task, _base(endpoint)) for task, endpoint in services]
+    if not services:
+        raise ValueError("an OpenAPI document needs at least one (task, endpoint)")
+    names = [type(task).__name__ for task, _ in services]
     spec: dict[str, Any] = {
         "openapi": "3.0.3",
-        "info": {
-            "title": title or f"{type(task).__name__} task API",
-            "version": __version__,
-            "description": (type(task).__doc__ or "").strip() or "Asynchronous tasks run by asynctask.",
-        },
-        "paths": {
-            base or "/": {"post": _submit_operation(), "get": _list_operation()},
-            f"{base}/{{task_id}}": {
-                "parameters": [{"$ref": "#/components/parameters/TaskId"}],
-                "get": _show_operation(),
-                "delete": _cancel_operation(),
-            },
-            f"{base}/{{task_id}}/log": {
-                "parameters": [{"$ref": "#/components/parameters/TaskId"}],
-                "get": _log_operation(),
-            },
-            "/ping": {"get": _ping_operation()},
-            "/healthz": {"get": _healthz_operation()},
-            "/metrics": {"get": _metrics_operation()},
-            "/openapi.json": {"get": _openapi_operation()},
-        },
-        "components": _components(task),
+        "info": {"title": title or f"{', '.join(dict.fromkeys(names))} task API", "version": __version__},
+        "paths": {},
+        "components": _shared_components(),
     }
-    if getattr(task, "api_token", None):
+    if len(services) == 1:
+        spec["info"]["description"] = (type(services[0][0]).__doc__ or "").strip() or "Tasks run by asynctask."
+    # With several task types, each gets its own schema and operation names.
+    suffixes = [""] if len(services) == 1 else _unique(names)
+    for (task, base), suffix in zip(services, suffixes):
+        _add_task(spec, task, base, suffix)
+    protected = any(getattr(task, "api_token", None) for task, _ in services)
+    spec["paths"].update(_service_paths(protected))
+    if protected:
         spec["components"]["securitySchemes"] = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
-        spec["security"] = [{"bearerAuth": []}]
-        for public in ("/ping", "/healthz"):
-            spec["paths"][public]["get"]["security"] = []
     return spec
 
 
-def _components(task: AsyncTask) -> dict[str, Any]:
+def _base(endpoint: str) -> str:
+    if not isinstance(endpoint, str) or not endpoint.startswith("/"):
+        raise ValueError(f"endpoint must be a path starting with '/', not {endpoint!r}")
+    return endpoint.rstrip("/")
+
+
+def _unique(names: list[str]) -> list[str]:
+    """`names`, each made unique by a number after its second and later occurrences."""
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}{seen[name]}")
+    return unique
+
+
+def _add_task(spec: dict[str, Any], task: AsyncTask, base: str, suffix: str) -> None:
+    """Add the routes of one task type at `base`, and the schema of its params."""
+    params = f"{suffix}Params"
+    spec["components"]["schemas"][params] = params_schema(task)
+    by_id = [{"$ref": "#/components/parameters/TaskId"}]
+    paths = {
+        base or "/": {"post": _submit_operation(params), "get": _list_operation()},
+        f"{base}/{{task_id}}": {"parameters": by_id, "get": _show_operation(), "delete": _cancel_operation()},
+        f"{base}/{{task_id}}/log": {"parameters": by_id, "get": _log_operation()},
+    }
+    secured = bool(getattr(task, "api_token", None))
+    for item in paths.values():
+        for method, operation in item.items():
+            if method != "parameters":
+                operation["operationId"] += suffix
+                _secure(operation, secured)
+    spec["paths"].update(paths)
+
+
+def _secure(operation: dict[str, Any], secured: bool) -> None:
+    operation["responses"].update(_errors("401"))
+    if secured:
+        operation["security"] = [{"bearerAuth": []}]
+
+
+def _service_paths(protected: bool) -> dict[str, Any]:
+    """/ping and /healthz, always open; /metrics and /openapi.json, behind any task's token."""
+    metrics, openapi = _metrics_operation(), _openapi_operation()
+    _secure(metrics, protected)
+    _secure(openapi, protected)
+    return {
+        "/ping": {"get": _ping_operation()},
+        "/healthz": {"get": _healthz_operation()},
+        "/metrics": {"get": metrics},
+        "/openapi.json": {"get": openapi},
+    }
+
+
+def _shared_components() -> dict[str, Any]:
     return {
         "schemas": {
             "TaskStatus": {"type": "string", "enum": STATUSES},
-            "Params": params_schema(task),
-            "SubmitBody": {
-                "type": "object",
-                "required": ["data"],
-                "properties": {"data": {"$ref": "#/components/schemas/Params"}},
-            },
+            "Rerun": rerun_schema(),
             "Submitted": {
                 "type": "object",
                 "required": ["task_id", "status"],
                 "properties": {
                     "task_id": {"type": "string"},
                     "status": {"$ref": "#/components/schemas/TaskStatus"},
+                },
+            },
+            "Cancelled": {
+                "type": "object",
+                "required": ["task_id", "status"],
+                "properties": {
+                    "task_id": {"type": "string"},
+                    "status": {"$ref": "#/components/schemas/TaskStatus"},
+                    "cancel_requested": {"type": "boolean"},
                 },
             },
             "Task": _task_view(),
@@ -316,9 +379,10 @@ _ERRORS = {
     "400": "The request is not what the route takes; `error_msg` names the problem.",
     "401": "A bearer token is required and was missing or wrong.",
     "404": "Unknown task or route.",
-    "409": "The task is already finished.",
+    "409": "The task has already finished.",
     "413": "The request body is over the size limit.",
     "500": "Server error; `error_data` holds an error id that is also in the server log.",
+    "503": "The database does not answer.",
 }
 
 
@@ -326,8 +390,10 @@ def _json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _ok(description: str, data_ref: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    response = _json_response(description, _envelope({"$ref": f"#/components/schemas/{data_ref}"}, "ok"))
+def _ok(description: str, data: str | dict[str, Any], headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A 2xx answer: the envelope with `data` (a schema, or the name of a component)."""
+    schema = {"$ref": f"#/components/schemas/{data}"} if isinstance(data, str) else data
+    response = _json_response(description, _envelope(schema, "ok"))
     if headers:
         response["headers"] = headers
     return response
@@ -341,24 +407,23 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
-def _submit_operation() -> dict[str, Any]:
+def _submit_operation(params: str) -> dict[str, Any]:
+    data = {"anyOf": [{"$ref": f"#/components/schemas/{params}"}, {"$ref": "#/components/schemas/Rerun"}]}
+    body = {"type": "object", "required": ["data"], "properties": {"data": data}}
     return {
         "operationId": "submitTask",
         "summary": "Submit a task, or re-run a stored one with `data.task_id`.",
         "parameters": [{
             "name": "X-Request-ID", "in": "header", "required": False, "schema": {"type": "string"},
-            "description": "Stored as the task's trace_id and echoed in the response.",
+            "description": "Stored as the task's trace_id and echoed in the response (1-128 of A-Z a-z 0-9 _ . : -).",
         }],
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SubmitBody"}}},
-        },
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
         "responses": {
             "202": _ok("Accepted.", "Submitted", {
                 "Location": {"schema": {"type": "string"}, "description": "The URL of the task."},
                 "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds before asking again."},
             }),
-            **_errors("400", "401", "413", "500"),
+            **_errors("400", "413", "500"),
         },
     }
 
@@ -374,10 +439,10 @@ def _list_operation() -> dict[str, Any]:
             _query("skip", {"type": "integer", "minimum": 0, "default": 0}, "Tasks to skip."),
         ],
         "responses": {
-            "200": _json_response("A task, or a page of tasks.", _envelope({"anyOf": [
+            "200": _ok("A task, or a page of tasks.", {"anyOf": [
                 {"$ref": "#/components/schemas/Task"}, {"$ref": "#/components/schemas/TaskList"},
-            ]}, "ok")),
-            **_errors("400", "401", "404"),
+            ]}),
+            **_errors("400", "404"),
         },
     }
 
@@ -387,7 +452,7 @@ def _show_operation() -> dict[str, Any]:
         "operationId": "getTask",
         "summary": "The public view of a task; with `wait`, as soon as it is finished or after `wait` s.",
         "parameters": [_query("wait", {"type": "number", "minimum": 0, "maximum": 60}, "Seconds to long-poll.")],
-        "responses": {"200": _ok("The task.", "Task"), **_errors("400", "401", "404")},
+        "responses": {"200": _ok("The task.", "Task"), **_errors("400", "404")},
     }
 
 
@@ -396,9 +461,9 @@ def _cancel_operation() -> dict[str, Any]:
         "operationId": "cancelTask",
         "summary": "Cancel a queued or running task.",
         "responses": {
-            "200": _ok("Cancelled.", "Task"),
-            "202": _ok("Cancel requested; the running task ends `cancelled`.", "Task"),
-            **_errors("400", "401", "404", "409"),
+            "200": _ok("Cancelled.", "Cancelled"),
+            "202": _ok("Cancel requested; the running task ends `cancelled`.", "Cancelled"),
+            **_errors("400", "404", "409"),
         },
     }
 
@@ -416,24 +481,23 @@ def _log_operation() -> dict[str, Any]:
                 }},
                 "content": {"text/plain": {"schema": {"type": "string"}}},
             },
-            **_errors("400", "401", "404"),
+            **_errors("400", "404"),
         },
     }
 
 
 def _ping_operation() -> dict[str, Any]:
-    schema = {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok"]}}}
+    schema = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string", "enum": ["ok"]}}}
     return {"operationId": "ping", "summary": "Liveness.", "responses": {"200": _json_response("Alive.", schema)}}
 
 
 def _healthz_operation() -> dict[str, Any]:
-    schema = {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok", "error"]}}}
     return {
         "operationId": "healthz",
         "summary": "Readiness: whether the database answers.",
         "responses": {
-            "200": _json_response("The database answers.", schema),
-            "503": _json_response("The database does not answer.", schema),
+            "200": _ok("The database answers.", {"type": "object", "properties": {"database": {"type": "string"}}}),
+            **_errors("503"),
         },
     }
 
@@ -442,10 +506,7 @@ def _metrics_operation() -> dict[str, Any]:
     return {
         "operationId": "metrics",
         "summary": "Prometheus metrics in the text exposition format.",
-        "responses": {
-            "200": {"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            **_errors("401"),
-        },
+        "responses": {"200": {"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
     }
 
 
@@ -453,5 +514,5 @@ def _openapi_operation() -> dict[str, Any]:
     return {
         "operationId": "openapi",
         "summary": "This document.",
-        "responses": {"200": _json_response("OpenAPI 3.0.3.", {"type": "object"}), **_errors("401")},
+        "responses": {"200": _json_response("OpenAPI 3.0.3.", {"type": "object"})},
     }

@@ -18,8 +18,10 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import http.client
 import json
+import math
 import os
 import signal
 import socket
@@ -47,6 +49,8 @@ STARTUP_DEADLINE_S = 30.0
 STOP_DEADLINE_S = 10.0
 REQUEST_TIMEOUT_S = 60.0
 DRAIN_DEADLINE_S = 30.0
+SWEEP_INTERVAL_S = 0.25
+FINISHED = ("success", "failed", "cancelled")
 WORDS = "to be or not to be that is the question whether tis nobler in the mind".split()
 
 baseline_app = Flask("baseline")
@@ -54,10 +58,10 @@ baseline_app = Flask("baseline")
 
 @baseline_app.post("/api")
 def baseline_submit() -> Any:
-    """Parse the body and answer 202 in asynctask's envelope, touching no database."""
-    params = (request.get_json(force=True) or {}).get("data") or {}
-    data = {"task_id": uuid.uuid4().hex, "status": "queued"}
-    body = {"status": "ok", "data": data, "error_data": [], "error_msg": "" if params else "no params"}
+    """Parse the body, hash an id as the quickstart does, and answer 202 in asynctask's envelope."""
+    params = request.get_json(force=True)["data"]
+    task_id = hashlib.sha1(f"{params.get('top', 10)}:{params['text']}".encode()).hexdigest()
+    body = {"status": "ok", "data": {"task_id": task_id, "status": "queued"}, "error_data": [], "error_msg": ""}
     return jsonify(body), 202
 
 
@@ -78,7 +82,7 @@ class Figures:
     outcomes: dict[str, int]
     connections: int
     client_cpu_s: float
-    drained: tuple[int, float] | None = None
+    drained: tuple[dict[str, int], float] | None = None
 
     @property
     def rate(self) -> float:
@@ -102,8 +106,8 @@ def percentile(ordered: list[float], fraction: float) -> float:
     """The nearest-rank percentile of an ascending list."""
     if not ordered:
         return float("nan")
-    rank = max(1, round(fraction * len(ordered) + 0.5))
-    return ordered[min(rank, len(ordered)) - 1]
+    rank = min(max(1, math.ceil(fraction * len(ordered))), len(ordered))
+    return ordered[rank - 1]
 
 
 def post_all(port: int, bodies: list[bytes], threads: int) -> tuple[list[float], Counter[str], int]:
@@ -224,34 +228,76 @@ def gunicorn(target: str, workers: int, env: dict[str, str], log: Path) -> Itera
         stop_group(proc)
 
 
-def drain(uri: str, collection: str, expected: int) -> tuple[int, float]:
-    """Wait until `expected` tasks are finished; (how many finished, seconds waited)."""
-    from pymongo import MongoClient
+class Sweeper:
+    """Deletes finished tasks from the run's collection every `SWEEP_INTERVAL_S`, counting them."""
 
-    client: MongoClient = MongoClient(uri, serverSelectionTimeoutMS=5000)
-    tasks = client["asynctask"][collection]
-    started = time.monotonic()
-    try:
+    def __init__(self, uri: str, collection: str) -> None:
+        from pymongo import MongoClient
+
+        self.client: Any = MongoClient(uri, serverSelectionTimeoutMS=5000)
+        self.tasks = self.client["asynctask"][collection]
+        self.removed: Counter[str] = Counter()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.loop, name="sweeper", daemon=True)
+
+    def sweep(self) -> None:
+        """Delete the finished tasks once, counting them by status."""
+        for status in FINISHED:
+            self.removed[status] += self.tasks.delete_many({"status": status}).deleted_count
+
+    def loop(self) -> None:
+        """Sweep until stopped."""
+        while not self.stopping.wait(SWEEP_INTERVAL_S):
+            self.sweep()
+
+    def drain(self, expected: int) -> float:
+        """Sweep until `expected` tasks were removed or the deadline passes; the seconds it took."""
+        self.stopping.set()
+        self.thread.join()
+        started = time.monotonic()
         while True:
-            done = tasks.count_documents({"status": {"$in": ["success", "failed"]}})
+            self.sweep()
             waited = time.monotonic() - started
-            if done >= expected or waited > DRAIN_DEADLINE_S:
-                return done, waited
-            time.sleep(0.25)
-    finally:
-        client.close()
+            if sum(self.removed.values()) >= expected or waited > DRAIN_DEADLINE_S:
+                return waited
+            time.sleep(SWEEP_INTERVAL_S)
+
+    def __enter__(self) -> Sweeper:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join()
+        self.client.close()
 
 
-def measure(pool: ProcessPoolExecutor, target: str, workers: int, env: dict[str, str], log: Path,
-            args: argparse.Namespace, label: str) -> Figures:
-    """Start gunicorn on `target`, run the load generator against it in `pool`, stop gunicorn."""
-    with gunicorn(target, workers, env, log) as port:
-        result = pool.submit(generate_load, port, label, args.requests, args.threads, args.warmup).result()
-        figures = Figures(**result)
-        if target == ASYNCTASK_TARGET:
-            figures.drained = drain(env["ASYNCTASK_MONGO_URI"], env["ASYNCTASK_MONGO_COLLECTION"],
-                                    args.requests + args.warmup)
+def warmup(args: argparse.Namespace) -> int:
+    """Untimed POSTs before each run: two per client thread."""
+    return 2 * args.threads
+
+
+def load(pool: ProcessPoolExecutor, port: int, label: str, args: argparse.Namespace) -> Figures:
+    """Run the load generator in its own process against `port`."""
+    return Figures(**pool.submit(generate_load, port, label, args.requests, args.threads, warmup(args)).result())
+
+
+def measure_asynctask(pool: ProcessPoolExecutor, workers: int, env: dict[str, str], log: Path,
+                      args: argparse.Namespace, label: str) -> Figures:
+    """The load against asynctask, sweeping finished tasks, then waiting for the rest to finish."""
+    with gunicorn(ASYNCTASK_TARGET, workers, env, log) as port, \
+            Sweeper(env["ASYNCTASK_MONGO_URI"], env["ASYNCTASK_MONGO_COLLECTION"]) as sweeper:
+        figures = load(pool, port, label, args)
+        waited = sweeper.drain(args.requests + warmup(args))
+    figures.drained = (dict(sweeper.removed), waited)
     return figures
+
+
+def measure_baseline(pool: ProcessPoolExecutor, workers: int, env: dict[str, str], log: Path,
+                     args: argparse.Namespace, label: str) -> Figures:
+    """The same load against the trivial Flask app."""
+    with gunicorn(BASELINE_TARGET, workers, env, log) as port:
+        return load(pool, port, label, args)
 
 
 def worker_counts(text: str) -> list[int]:
@@ -268,11 +314,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=2000, help="timed POSTs per run (2000)")
     parser.add_argument("--threads", type=int, default=16, help="client threads of the load generator (16)")
     parser.add_argument("--workers", type=worker_counts, default=[1, 2, 4], help="gunicorn worker counts (1,2,4)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed POSTs before each run (2 x threads)")
-    args = parser.parse_args(argv)
-    if args.warmup is None:
-        args.warmup = 2 * args.threads
-    return args
+    return parser.parse_args(argv)
 
 
 def row(workers: int, ours: Figures, base: Figures) -> str:
@@ -295,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     from mongo_wire import running_server
 
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     results: list[tuple[int, Figures, Figures]] = []
     with tempfile.TemporaryDirectory(prefix="http_scaling-") as tmp, running_server() as uri, \
             ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
@@ -303,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
             env = {**os.environ, "ASYNCTASK_MONGO_URI": uri, "ASYNCTASK_MONGO_COLLECTION": f"bench_{run}",
                    "ASYNCTASK_LOG_DIR": str(Path(tmp, run)), "DISABLE_STREAM_HANDLER": "1"}
             log = Path(tmp, f"gunicorn-{run}.log")
-            ours = measure(pool, ASYNCTASK_TARGET, workers, env, log, args, run)
-            base = measure(pool, BASELINE_TARGET, workers, env, log, args, f"{run}-baseline")
+            ours = measure_asynctask(pool, workers, env, log, args, run)
+            base = measure_baseline(pool, workers, env, log, args, f"{run}-baseline")
             results.append((workers, ours, base))
 
     print(f"HTTP submit throughput, gunicorn sync workers, load from a separate process "
@@ -313,9 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     for workers, ours, base in results:
         print(row(workers, ours, base))
     print()
-    print(f"asynctask: {ASYNCTASK_TARGET} on the mongo_wire test server (mongomock under one lock, whole-"
-          f"collection scans),\n  a fresh collection per worker count holding only that run's "
-          f"{args.warmup} warm-up + {args.requests} tasks.")
+    print(f"asynctask: {ASYNCTASK_TARGET} on the mongo_wire test server: mongomock under one lock, scanning\n"
+          f"  the whole collection on every command, so the database is the bottleneck. Each worker count gets a\n"
+          f"  fresh collection, and finished tasks are deleted every {SWEEP_INTERVAL_S}s so it holds little more\n"
+          f"  than the tasks in flight ({warmup(args)} untimed warm-up POSTs first).")
     print(f"baseline: {BASELINE_TARGET}, parses the body and answers 202, no database.")
     print("ratio: asynctask req/s / baseline req/s. gunicorn sync workers close the connection after "
           "every response,\n  so each request opens a new connection.")
@@ -324,10 +368,12 @@ def main(argv: list[str] | None = None) -> int:
         print(notes(workers, "baseline", base))
     for workers, ours, _ in results:
         if ours.drained is not None:
-            finished, waited = ours.drained
-            print(f"  {workers} worker(s): {finished}/{args.requests + args.warmup} tasks finished "
-                  f"{waited:.1f}s after the last response")
-    print(f"runtime {time.monotonic() - started:.1f}s on {os.cpu_count()} CPU(s)")
+            removed, waited = ours.drained
+            counts = ", ".join(f"{n} {status}" for status, n in removed.items() if n) or "none"
+            print(f"  {workers} worker(s): tasks finished: {counts} of {args.requests + warmup(args)}, "
+                  f"the last {waited:.1f}s after the last response")
+    print(f"runtime {time.monotonic() - started:.1f}s on {os.cpu_count()} CPU(s); 1-minute load average "
+          f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     return 0
 
 

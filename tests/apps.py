@@ -11,13 +11,14 @@ gunicorn imports `apps:app` in each worker; everything comes from environment va
 | `APPS_RETRY_SECONDS` | how long it works from the second attempt on (default `APPS_SECONDS`) |
 | `APPS_HEARTBEAT` | `heartbeat_interval` in seconds (default 10) |
 | `APPS_STALE_AFTER` | `stale_after` in seconds (default 3 x heartbeat) |
+| `APPS_FAIL_FIRST` | non-empty: the first attempt raises once it has worked |
 | `APPS_MAX_WORKER` | slots per process (default 4) |
 | `APPS_MAX_ATTEMPTS` | `max_attempts` (default 3) |
 | `APPS_LOG_DIR` | folder of the task logs (default `logs`) |
 
 `main` records every call in the database, not in memory, so the test process sees the calls
-of every worker: one document per call with `task_id`, `pid`, `attempt`, `started` and `ended`
-(epoch seconds; `ended` stays None for a call whose process died).
+of every worker: one document per call with `task_id`, `pid`, `thread` (native id), `attempt`,
+`started` and `ended` (epoch seconds; `ended` stays None for a call whose process died).
 
 `Server` starts such an app under gunicorn (plain, with asynctask's hooks, or through
 `asynctask serve`) in its own process group, for the tests and `bench/recovery.py`.
@@ -34,6 +35,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -50,16 +52,20 @@ TESTS = Path(__file__).resolve().parent
 
 
 class Recorded(AsyncTask):
-    """Works for `seconds` (`retry_seconds` after the first attempt), recording each call in `calls`."""
+    """Works for `seconds` (`retry_seconds` after the first attempt), recording each call in `calls`.
+
+    With `fail_first`, the first attempt raises `RuntimeError` once it has worked.
+    """
 
     def __init__(
         self, collection: Any, logger_dir: str, *, calls: Any, seconds: float, retry_seconds: float | None = None,
-        **options: Any,
+        fail_first: bool = False, **options: Any,
     ) -> None:
         super().__init__(collection, logger_dir, **options)
         self.calls = calls
         self.seconds = seconds
         self.retry_seconds = seconds if retry_seconds is None else retry_seconds
+        self.fail_first = fail_first
 
     def get_task_id(self, key: str) -> str:
         return key
@@ -68,12 +74,18 @@ class Recorded(AsyncTask):
         attempt = current(key)
         number = attempt.number if attempt else None
         call_id = self.calls.insert_one({
-            "task_id": key, "pid": os.getpid(), "attempt": number, "started": time.time(), "ended": None,
+            "task_id": key, "pid": os.getpid(), "thread": threading.get_native_id(), "attempt": number,
+            "started": time.time(), "ended": None,
         }).inserted_id
-        seconds = self.seconds if number in (None, 1) else self.retry_seconds
+        first = number in (None, 1)
+        seconds = self.seconds if first else self.retry_seconds
         logger.info("attempt %s working %.2fs", number, seconds)
-        time.sleep(seconds)
-        self.calls.update_one({"_id": call_id}, {"$set": {"ended": time.time()}})
+        try:
+            time.sleep(seconds)
+            if first and self.fail_first:
+                raise RuntimeError(f"attempt {number} of {key} fails as asked")
+        finally:
+            self.calls.update_one({"_id": call_id}, {"$set": {"ended": time.time()}})
         return {"key": key, "pid": os.getpid()}
 
 
@@ -84,6 +96,7 @@ def build(
     database: str = DEFAULT_DB,
     seconds: float = 0.0,
     retry_seconds: float | None = None,
+    fail_first: bool = False,
     heartbeat: float = 10.0,
     stale_after: float | None = None,
     max_worker: int = 4,
@@ -94,6 +107,7 @@ def build(
     return Recorded(
         LazyMongoCollection(uri, database, collection), log_dir,
         calls=LazyMongoCollection(uri, database, f"{collection}_calls"), seconds=seconds, retry_seconds=retry_seconds,
+        fail_first=fail_first,
         max_worker=max_worker, heartbeat_interval=heartbeat, stale_after=stale_after,
         max_attempts=max_attempts,
     )
@@ -112,6 +126,7 @@ def from_environment() -> Recorded | None:
         database=os.environ.get("ASYNCTASK_MONGO_DB") or DEFAULT_DB,
         seconds=float(os.environ.get("APPS_SECONDS", "0")),
         retry_seconds=float(retry_seconds) if retry_seconds else None,
+        fail_first=bool(os.environ.get("APPS_FAIL_FIRST")),
         heartbeat=float(os.environ.get("APPS_HEARTBEAT", "10")),
         stale_after=float(stale_after) if stale_after else None,
         max_worker=int(os.environ.get("APPS_MAX_WORKER", "4")),

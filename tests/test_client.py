@@ -20,7 +20,7 @@ from flask import Flask, jsonify, request
 from tasks import Echo, Gate, Typed
 from werkzeug.serving import make_server
 
-from asynctask import AsyncTask
+from asynctask import AsyncTask, report_progress
 from asynctask.client import Client
 from asynctask.errors import (
     ClientError,
@@ -62,14 +62,18 @@ def serve_app() -> Iterator[Callable[[Any], str]]:
 
 
 @pytest.fixture
-def serve(make_task: Callable[..., AsyncTask], serve_app: Callable[[Any], str]) -> Callable[..., tuple]:
-    """`serve(TaskClass, **options) -> (client, task)`: the task's app on a real server."""
+def serve(make_task: Callable[..., AsyncTask], serve_app: Callable[[Any], str]) -> Iterator[Callable[..., tuple]]:
+    """`serve(TaskClass, token=None, **options) -> (client, task)`: the task's app on a real server."""
+    clients: list[Client] = []
 
     def start(cls: type[AsyncTask], token: str | None = None, **options: Any) -> tuple[Client, AsyncTask]:
         task = make_task(cls, **options)
-        return Client(serve_app(task.app("/api")), token), task
+        clients.append(Client(serve_app(task.app("/api")), token))
+        return clients[-1], task
 
-    return start
+    yield start
+    for client in clients:
+        client.close()
 
 
 def open_gate_later(task: Any, delay: float = 0.3) -> threading.Timer:
@@ -110,8 +114,35 @@ def test_wait_returns_as_soon_as_the_task_finishes(serve):
     elapsed = time.monotonic() - begin
     timer.join()
     assert elapsed < 3, f"a long-poll should answer when the task ends, took {elapsed:.2f}s"
-    assert views and views[-1]["status"] == "success"
-    assert all(view["task_id"] == task_id for view in views)
+    assert [(view["task_id"], view["status"]) for view in views] == [(task_id, "success")], \
+        "one long-poll should have covered the whole wait"
+
+
+class Halfway(AsyncTask):
+    """Reports 50 % progress, then waits for its gate."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+
+    def main(self, logger: Any) -> str:
+        report_progress(50, "half way")
+        if not self.gate.wait(timeout=10):
+            raise RuntimeError("the test never opened the gate")
+        return "done"
+
+
+def test_on_update_sees_progress(serve):
+    client, task = serve(Halfway)
+    seen = []
+
+    def on_update(view: dict[str, Any]) -> None:
+        seen.append(view.get("progress"))
+        if view.get("progress"):
+            task.gate.set()
+
+    assert client.wait(client.submit(), timeout=10, on_update=on_update) == "done"
+    assert {"percent": 50.0, "message": "half way"} in seen
 
 
 def test_wait_raises_task_failed_with_the_server_error_text(serve):
@@ -250,6 +281,10 @@ def test_wait_long_polls_with_at_most_60_seconds(recorder):
     answers["/api/t"] = [running, running, ok({"task_id": "t", "status": "success", "result": 7})]
     assert Client(url).wait("t") == 7
     assert [hit["args"].get("wait") for hit in seen] == ["60", "60", "60"]
+    seen.clear()
+    answers["/api/t"] = [running, ok({"task_id": "t", "status": "success", "result": 8})]
+    assert Client(url).wait("t", on_update=lambda view: None) == 8
+    assert [hit["args"].get("wait") for hit in seen] == ["1", "1"], "with on_update, it polls each second"
 
 
 def test_wait_asks_for_the_time_left_and_does_not_flood_a_server_without_long_poll(recorder):

@@ -9,7 +9,8 @@ calls collection where `main` records every call with its pid and start/end time
    same time as the lost attempt;
 3. past `max_attempts`, an orphaned task fails with "worker lost";
 4. SIGTERM releases the running tasks at once (not after `stale_after`), and another process
-   takes them.
+   takes them;
+5. an attempt released by `shutdown(grace=...)` that fails afterwards cannot fail the task.
 """
 
 from __future__ import annotations
@@ -240,3 +241,27 @@ def test_sigterm_releases_running_tasks_at_once(
         assert (second["pid"], second["attempt"]) == (os.getpid(), 2)
         assert second["started"] >= stopped - 0.1
         assert docs[key]["attempts"] == 2
+
+
+def test_released_attempt_that_fails_later_leaves_the_task_queued(
+    db: Any, name: str, local_task: Callable[..., apps.Recorded]
+) -> None:
+    """`shutdown(grace=...)` releases a running task; its attempt failing afterwards is fenced out."""
+    stale_after = 60
+    first = local_task(seconds=1.0, fail_first=True, heartbeat=0.2, stale_after=stale_after)
+    first.run(key="k")
+    wait_until(lambda: db[f"{name}_calls"].count_documents({}) == 1, "main started")
+    first.shutdown(grace=0.1)
+    assert all_in(db, name, ["k"], "queued"), tasks(db, name)
+
+    slot = next(t for t in threading.enumerate() if t.native_id == calls(db, name)["k"][0]["thread"])
+    slot.join(timeout=10)
+    assert not slot.is_alive(), "the released attempt did not end"
+    doc = tasks(db, name)["k"]
+    assert (doc["status"], doc.get("owner"), doc["attempts"]) == ("queued", None, 1), (
+        f"the released attempt overwrote the task: {str(doc.get('error'))[-80:]!r}"
+    )
+
+    local_task(seconds=0, heartbeat=0.2, stale_after=stale_after).start()
+    doc = wait_until(lambda: all_in(db, name, ["k"], "success"), "another instance runs the released task", 10)["k"]
+    assert doc["attempts"] == 2

@@ -74,6 +74,19 @@ class Pair(AsyncTask):
         return name
 
 
+class HeldEcho(Echo):
+    """Echo whose `main` waits for `gate`: a batch is submitted while the workers sit idle."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+
+    def main(self, logger: logging.Logger, value: Any = None, **extra: Any) -> Any:
+        if not self.gate.wait(timeout=30):
+            raise RuntimeError("the test never opened the gate")
+        return super().main(logger, value, **extra)
+
+
 def _line_of(function: Any, text: str) -> int:
     """The line number, in its file, of the first source line of `function` containing `text`."""
     lines, first = inspect.getsourcelines(function)
@@ -181,9 +194,11 @@ def test_open_file_descriptors_and_loggers_do_not_grow_with_tasks_run(make_task)
 
     def run_batch(first: int, count: int) -> list[str]:
         nonlocal log_dir
-        task = make_task(Echo, MemoryCollection())
+        task = make_task(HeldEcho, MemoryCollection())
         log_dir = task.logger_dir
+        # Submitting while busy workers hold the GIL would only measure GIL hand-offs.
         ids = [task.run(value=first + n) for n in range(count)]
+        task.gate.set()
         task.shutdown(wait=True)  # returns once every attempt has ended
         assert task.collection.count_documents({"status": "success"}) == count
         return ids

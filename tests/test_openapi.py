@@ -13,7 +13,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from asynctask import AsyncTask, MemoryCollection
-from asynctask.openapi import TASK_ID_PATTERN, openapi_spec, schema_for
+from asynctask.openapi import TASK_ID_PATTERN, openapi_document, openapi_spec, schema_for
 from tasks import Echo, Typed
 
 
@@ -53,10 +53,7 @@ def spec_of(make_task):
     """`spec_of(cls, **options)`: the OpenAPI document of a task instance, validated."""
 
     def build(cls: type[AsyncTask], endpoint: str = "/api", **options: Any) -> dict[str, Any]:
-        task = make_task(cls)
-        for name, value in options.items():
-            setattr(task, name, value)
-        spec = openapi_spec(task, endpoint)
+        spec = openapi_spec(make_task(cls, **options), endpoint)
         validate(spec)
         return spec
 
@@ -92,8 +89,9 @@ def test_the_post_body_follows_mains_signature(spec_of):
     spec = spec_of(Typed)
     body = spec["paths"]["/api"]["post"]["requestBody"]
     assert body["required"] is True
-    assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/SubmitBody"}
-    assert spec["components"]["schemas"]["SubmitBody"]["required"] == ["data"]
+    assert body["content"]["application/json"]["schema"] == {
+        "type": "object", "required": ["data"], "properties": {"data": {"$ref": "#/components/schemas/Params"}},
+    }
     data = params(spec)
     assert data["required"] == ["text"]
     assert data["properties"]["text"] == {"type": "string"}
@@ -185,6 +183,7 @@ def test_routes_answer_with_the_documented_codes(spec_of):
     assert "text/plain" in log["responses"]["200"]["content"]
     assert log["parameters"][0]["schema"] == {"type": "integer", "minimum": 0, "default": 0}
     assert set(paths["/healthz"]["get"]["responses"]) == {"200", "503"}
+    assert paths["/ping"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["required"] == ["status"]
     assert "text/plain" in paths["/metrics"]["get"]["responses"]["200"]["content"]
 
 
@@ -212,16 +211,51 @@ def test_answers_use_the_envelope_and_the_public_view(spec_of):
             "next_retry_at", "trace_id", "params"} <= set(view)
 
 
+def operations(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every operation of `spec` by "METHOD path"."""
+    return {
+        f"{method.upper()} {path}": operation
+        for path, item in spec["paths"].items()
+        for method, operation in item.items() if method != "parameters"
+    }
+
+
 def test_security_only_with_an_api_token(spec_of):
     spec = spec_of(Typed)
-    assert "security" not in spec and "securitySchemes" not in spec["components"]
+    assert "securitySchemes" not in spec["components"]
+    assert not any("security" in op for op in operations(spec).values())
     spec = spec_of(Typed, api_token="s3cret")
-    assert spec["components"]["securitySchemes"]["bearerAuth"] == {"type": "http", "scheme": "bearer"}
-    assert spec["security"] == [{"bearerAuth": []}]
-    assert spec["paths"]["/ping"]["get"]["security"] == []
-    assert spec["paths"]["/healthz"]["get"]["security"] == []
-    assert "security" not in spec["paths"]["/api"]["post"]
-    assert "s3cret" not in repr(spec)
+    assert spec["components"]["securitySchemes"] == {"bearerAuth": {"type": "http", "scheme": "bearer"}}
+    for name, operation in operations(spec).items():
+        if name in ("GET /ping", "GET /healthz"):
+            assert "security" not in operation and "401" not in operation["responses"]
+        else:
+            assert operation["security"] == [{"bearerAuth": []}], name
+            assert "401" in operation["responses"], name
+    assert "s3cret" not in json.dumps(spec)
+
+
+def test_several_task_types_in_one_document(make_task):
+    spec = openapi_document([
+        (make_task(Typed), "/count"), (make_task(Echo, api_token="t"), "/echo/"), (make_task(Typed), "/"),
+    ])
+    validate(spec)
+    assert spec["info"]["title"] == "Typed, Echo task API"
+    schemas = spec["components"]["schemas"]
+    assert schemas["TypedParams"]["required"] == ["text"] and schemas["Typed2Params"]["required"] == ["text"]
+    assert "additionalProperties" not in schemas["EchoParams"]
+    post = spec["paths"]["/echo"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["schema"]["properties"]["data"] == {
+        "$ref": "#/components/schemas/EchoParams",
+    }
+    assert post["security"] == [{"bearerAuth": []}]
+    assert "security" not in spec["paths"]["/count"]["post"]
+    assert spec["paths"]["/metrics"]["get"]["security"] == [{"bearerAuth": []}]
+    assert {"/", "/{task_id}", "/{task_id}/log", "/count/{task_id}", "/echo/{task_id}/log"} <= set(spec["paths"])
+    ids = [op["operationId"] for op in operations(spec).values()]
+    assert len(ids) == len(set(ids))
+    with pytest.raises(ValueError):
+        openapi_document([])
 
 
 def test_building_the_document_has_no_side_effects(make_task):
