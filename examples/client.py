@@ -11,7 +11,7 @@ Set ASYNCTASK_API_TOKEN when the service requires a token. The same from the she
 import os
 import sys
 
-from asynctask.client import Client
+from asynctask import Client
 from asynctask.errors import TaskCancelled, TaskFailed
 
 
