@@ -2,6 +2,7 @@
 
 The body of `POST {endpoint}` is described from `main`'s signature: each keyword param is a
 property of `data`, typed from its annotation, with its default when JSON can carry it.
+`openapi_document` describes an app serving several task types (`init_app`, blueprints).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ _ARRAYS = {
     collections.abc.Set, collections.abc.MutableSet, collections.abc.Collection, collections.abc.Iterable,
 }
 _OBJECTS = {dict, collections.abc.Mapping, collections.abc.MutableMapping}
-
+_JSON_TYPES: dict[str, Any] = {
+    "string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict,
+}
 
 
 # -- Python annotations as schemas -----------------------------------------------------------
@@ -188,9 +191,31 @@ def _param_schema(param: inspect.Parameter, annotation: Any) -> dict[str, Any]:
     if param.default is None:
         schema = nullable(schema)
     encodable, default = _json_value(param.default)
-    if encodable:
+    # A default its own annotation does not allow would make the whole document invalid.
+    if encodable and fits(default, schema):
         schema = {**schema, "default": default}
     return schema
+
+
+def fits(value: Any, schema: dict[str, Any]) -> bool:
+    """Whether the JSON `value` is allowed by `schema` (one `schema_for` made)."""
+    if value is None:
+        return not schema or bool(schema.get("nullable"))
+    if "anyOf" in schema:
+        return any(fits(value, option) for option in schema["anyOf"])
+    if "enum" in schema and not any(value == v and type(value) is type(v) for v in schema["enum"]):
+        return False
+    kind = schema.get("type")
+    if kind is None:
+        return True
+    if isinstance(value, bool) != (kind == "boolean") or not isinstance(value, _JSON_TYPES[kind]):
+        return False
+    if kind == "array":
+        return (schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", len(value))
+                and all(fits(item, schema["items"]) for item in value))
+    if kind == "object":
+        return all(fits(item, schema.get("additionalProperties", {})) for item in value.values())
+    return True
 
 
 # -- the document ----------------------------------------------------------------------------
@@ -378,7 +403,7 @@ def _envelope(data: dict[str, Any], status: str) -> dict[str, Any]:
 _ERRORS = {
     "400": "The request is not what the route takes; `error_msg` names the problem.",
     "401": "A bearer token is required and was missing or wrong.",
-    "404": "Unknown task or route.",
+    "404": "Unknown task (a re-run of an unknown id, too) or route.",
     "409": "The task has already finished.",
     "413": "The request body is over the size limit.",
     "500": "Server error; `error_data` holds an error id that is also in the server log.",
@@ -423,7 +448,7 @@ def _submit_operation(params: str) -> dict[str, Any]:
                 "Location": {"schema": {"type": "string"}, "description": "The URL of the task."},
                 "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds before asking again."},
             }),
-            **_errors("400", "413", "500"),
+            **_errors("400", "404", "413", "500"),
         },
     }
 

@@ -10,6 +10,7 @@ The hooks also work with plain gunicorn: `gunicorn -c python:asynctask.serving '
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from typing import Any
@@ -31,8 +32,15 @@ def post_worker_init(worker: Any) -> None:
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """gunicorn hook: the worker is stopping; stop its tasks gracefully."""
-    shutdown_all(grace=grace_seconds())
+    """gunicorn hook: the worker is stopping; stop its tasks gracefully.
+
+    Tasks still running after the grace are released to other processes; their `main` threads
+    cannot be interrupted, so the worker ends at once rather than run them beside their next
+    attempt.
+    """
+    if shutdown_all(grace=grace_seconds()):
+        logging.shutdown()
+        os._exit(0)
 
 
 def load(target: str, endpoint: str = "/api") -> Any:

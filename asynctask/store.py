@@ -175,8 +175,10 @@ class TaskStore:
         """
         now = now or utcnow()
         fields = {**(extra or {}), "finished_at": now, "result": result, "error": error}
+        # An attempt ends only from running: a released or re-queued task is no longer its own.
+        only_from = (TaskStatus.RUNNING.value,) if attempt is not None else None
         return self.transition(
-            task_id, status, attempt=attempt, now=now, fields=fields, unset=("owner",)
+            task_id, status, attempt=attempt, now=now, fields=fields, unset=("owner",), only_from=only_from
         )
 
     def heartbeat(self, owner: str, now: datetime | None = None) -> int:
@@ -253,7 +255,7 @@ class TaskStore:
     ) -> bool:
         """Put a failed attempt back as an unowned queued task that any process takes at `at`."""
         return self.transition(
-            task_id, TaskStatus.QUEUED, attempt=attempt, now=now,
+            task_id, TaskStatus.QUEUED, attempt=attempt, now=now, only_from=(TaskStatus.RUNNING.value,),
             fields={"retries": retries, "next_retry_at": at, "error": error},
             unset=("owner", "heartbeat_at", "deadline", "started_at"),
         )

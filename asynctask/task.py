@@ -92,10 +92,12 @@ def start_all() -> None:
         task.start()
 
 
-def shutdown_all(grace: float | None = None) -> None:
-    """Gracefully stop every `AsyncTask` of this process (gunicorn's worker exit hook)."""
-    for task in list(_instances):
-        task.shutdown(wait=True, grace=grace)
+def shutdown_all(grace: float | None = None) -> int:
+    """Gracefully stop every `AsyncTask` of this process (gunicorn's worker exit hook).
+
+    Returns how many attempts were still running when they were released.
+    """
+    return sum(task.shutdown(wait=True, grace=grace) for task in list(_instances))
 
 
 class AsyncTask:
@@ -299,18 +301,21 @@ class AsyncTask:
         if not self._closed:
             self._process().monitor.start()
 
-    def shutdown(self, wait: bool = True, grace: float | None = None) -> None:
+    def shutdown(self, wait: bool = True, grace: float | None = None) -> int:
         """Stop the executor and the background thread of this process.
 
         With `grace` (seconds), take no new work, give running attempts that long, then hand
         what is left back to the database (queued, no owner) so another process takes it at
-        once. Without it, `wait` says whether to wait for every attempt to finish.
+        once. Without it, `wait` says whether to wait for every attempt to finish. Returns how
+        many attempts were still running when released (their `main` may still be running in
+        a thread: a process that exits should then not wait for it).
         """
         with self._state_lock:
             state, self._state, self._closed = self._state, None, True
         if state is None:
             self._executors.shutdown(wait=wait)
-            return
+            return 0
+        left: set[Attempt] = set()
         with state.changed:
             state.stopping = True
         if grace is None:
@@ -326,6 +331,7 @@ class AsyncTask:
                 logger.info("shutdown: released %d unfinished task(s) of %s", released, state.owner)
             self._executors.shutdown(wait=False)
         state.monitor.stop()
+        return len(left)
 
     # -- the lifecycle ----------------------------------------------------------------------
 

@@ -189,7 +189,7 @@ def test_success_and_failure_outcomes_are_logged(make_task, wait_for):
 
 
 def test_open_file_descriptors_and_loggers_do_not_grow_with_tasks_run(make_task):
-    """2,000 tasks in batches of 100, each on a fresh (small, fast) store, finished before the next."""
+    """2,000 tasks in batches of 50, each on a fresh (small, fast) store, finished before the next."""
     log_dir = None
 
     def run_batch(first: int, count: int) -> list[str]:
@@ -207,8 +207,8 @@ def test_open_file_descriptors_and_loggers_do_not_grow_with_tasks_run(make_task)
     fds_before = _open_fds()
     loggers_before = len(logging.Logger.manager.loggerDict)
     ids: list[str] = []
-    for batch in range(20):
-        ids += run_batch(batch * 100, 100)
+    for batch in range(40):
+        ids += run_batch(batch * 50, 50)
 
     assert len(set(ids)) == 2000
     assert log_dir is not None

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 import pytest
+from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
 
 from asynctask import AsyncTask, MemoryCollection
@@ -89,9 +90,7 @@ def test_the_post_body_follows_mains_signature(spec_of):
     spec = spec_of(Typed)
     body = spec["paths"]["/api"]["post"]["requestBody"]
     assert body["required"] is True
-    assert body["content"]["application/json"]["schema"] == {
-        "type": "object", "required": ["data"], "properties": {"data": {"$ref": "#/components/schemas/Params"}},
-    }
+    assert body["content"]["application/json"]["schema"]["required"] == ["data"]
     data = params(spec)
     assert data["required"] == ["text"]
     assert data["properties"]["text"] == {"type": "string"}
@@ -100,18 +99,37 @@ def test_the_post_body_follows_mains_signature(spec_of):
     assert "logger" not in data["properties"]
 
 
-def test_task_id_is_an_optional_param_for_a_rerun(spec_of):
-    data = params(spec_of(Typed))
-    assert data["properties"]["task_id"]["type"] == "string"
-    assert data["properties"]["task_id"]["pattern"] == TASK_ID_PATTERN
-    assert "task_id" not in data["required"]
+def body_is_valid(spec: dict[str, Any], body: Any, path: str = "/api") -> bool:
+    """Whether `body` is a valid POST body by `spec` (as a client or a fuzzer reads it)."""
+    schema = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    validator = OAS30Validator({**schema, "components": spec["components"]})
+    return validator.is_valid(body)
+
+
+def test_data_holds_params_or_the_id_of_a_task_to_rerun(spec_of):
+    spec = spec_of(Typed)
+    assert body_is_valid(spec, {"data": {"text": "a b"}})
+    assert body_is_valid(spec, {"data": {"text": "a b", "top": 3}})
+    assert body_is_valid(spec, {"data": {"task_id": "abc:1"}})
+    assert not body_is_valid(spec, {"data": {"task_id": "abc", "text": "a b"}})  # the server refuses both
+    assert not body_is_valid(spec, {"data": {"task_id": "a/b"}})
+    assert not body_is_valid(spec, {"data": {"text": "a", "other": 1}})
+    assert not body_is_valid(spec, {"data": {"top": 1}})
+    assert not body_is_valid(spec, {"data": {"text": 1}})
+    assert not body_is_valid(spec, {"text": "a b"})
+    rerun = spec["components"]["schemas"]["Rerun"]["properties"]["task_id"]
+    assert rerun["pattern"] == TASK_ID_PATTERN
 
 
 def test_a_main_with_kwargs_takes_any_other_param(spec_of):
-    data = params(spec_of(Echo))
+    spec = spec_of(Echo)
+    data = params(spec)
     assert "additionalProperties" not in data
     assert "required" not in data
     assert data["properties"]["value"] == {"default": None}
+    assert body_is_valid(spec, {"data": {"value": 1, "more": [1], "other": None}})
+    assert not body_is_valid(spec, {"data": {"value": 1, "logger": "x"}})
+    assert not body_is_valid(spec, {"data": {"value": 1, "task_id": "x"}})
 
 
 def test_annotations_map_to_json_types(spec_of):
@@ -174,7 +192,7 @@ def test_the_task_id_path_parameter_has_the_id_pattern(spec_of):
 
 def test_routes_answer_with_the_documented_codes(spec_of):
     paths = spec_of(Typed)["paths"]
-    assert set(paths["/api"]["post"]["responses"]) == {"202", "400", "401", "413", "500"}
+    assert set(paths["/api"]["post"]["responses"]) == {"202", "400", "401", "404", "413", "500"}
     assert set(paths["/api"]["get"]["responses"]) == {"200", "400", "401", "404"}
     assert set(paths["/api/{task_id}"]["get"]["responses"]) == {"200", "400", "401", "404"}
     assert {"200", "202", "401", "404", "409"} <= set(paths["/api/{task_id}"]["delete"]["responses"])
@@ -245,9 +263,10 @@ def test_several_task_types_in_one_document(make_task):
     assert schemas["TypedParams"]["required"] == ["text"] and schemas["Typed2Params"]["required"] == ["text"]
     assert "additionalProperties" not in schemas["EchoParams"]
     post = spec["paths"]["/echo"]["post"]
-    assert post["requestBody"]["content"]["application/json"]["schema"]["properties"]["data"] == {
+    assert post["requestBody"]["content"]["application/json"]["schema"]["properties"]["data"]["anyOf"][0] == {
         "$ref": "#/components/schemas/EchoParams",
     }
+    assert body_is_valid(spec, {"data": {"x": 1}}, "/echo") and not body_is_valid(spec, {"data": {"x": 1}}, "/count")
     assert post["security"] == [{"bearerAuth": []}]
     assert "security" not in spec["paths"]["/count"]["post"]
     assert spec["paths"]["/metrics"]["get"]["security"] == [{"bearerAuth": []}]
@@ -263,3 +282,23 @@ def test_building_the_document_has_no_side_effects(make_task):
     first = openapi_spec(task)
     first["components"]["schemas"]["Task"]["properties"]["created_at"]["nullable"] = False
     assert openapi_spec(task) != first
+
+
+def test_the_app_serves_the_document(make_task):
+    task = make_task(Typed)
+    response = task.app("/api").test_client().get("/openapi.json")
+    assert response.status_code == 200
+    validate(response.get_json())
+    assert response.get_json() == openapi_spec(task, "/api")
+
+
+class BadDefaults(AsyncTask):
+    def main(self, logger: logging.Logger, a: int = True, b: str = 3, c: list[int] = ["x"], d: int = 2.5,  # noqa: B006
+             e: float = 1, f: Literal["x"] = "y", g: bool = 0) -> None:
+        return None
+
+
+def test_a_default_its_annotation_does_not_allow_is_left_out(spec_of):
+    props = params(spec_of(BadDefaults))["properties"]
+    assert all("default" not in props[name] for name in "abcdfg")
+    assert props["e"]["default"] == 1

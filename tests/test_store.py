@@ -138,8 +138,9 @@ def test_transition_refuses_moves_the_status_table_forbids(store):
     claim(store)
     assert not store.finish("t1", TaskStatus.SUCCESS, attempt=1, result=1), "queued cannot succeed"
     assert store.public("t1")["status"] == "queued"
-    assert store.finish("t1", TaskStatus.FAILED, attempt=1, error="lost")
-    assert not store.finish("t1", TaskStatus.CANCELLED, attempt=1)
+    assert not store.finish("t1", TaskStatus.FAILED, attempt=1, error="x"), "an attempt ends only from running"
+    assert store.finish("t1", TaskStatus.FAILED, attempt=None, error="lost")
+    assert not store.finish("t1", TaskStatus.CANCELLED, attempt=None)
     assert store.public("t1")["status"] == "failed"
 
 
