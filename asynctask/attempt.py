@@ -34,6 +34,8 @@ class Attempt:
     trace_id: str | None = None
     retries: int = 0
     stop_reason: str | None = None
+    #: The final status this attempt wrote (success, failed, cancelled), if it wrote one.
+    outcome: str | None = None
     wake: threading.Event = field(default_factory=threading.Event, repr=False)
     #: Writes progress somewhere: the store, or a queue to the parent process.
     reporter: Callable[[float, str | None], None] | None = field(default=None, repr=False)

@@ -24,13 +24,13 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # prometheus_client wants its metrics defined once, at import time.
 TASKS_SUBMITTED = Counter(
-    "asynctask_tasks_submitted", "Tasks submitted to run (claims that started an attempt).", ["task"]
+    "asynctask_tasks_submitted", "Tasks accepted to run (new or re-run) by this service.", ["task"]
 )
 TASKS_FINISHED = Counter(
     "asynctask_tasks_finished", "Tasks that reached a final status.", ["task", "status"]
 )
 TASK_DURATION = Histogram(
-    "asynctask_task_duration_seconds", "How long an attempt ran, start to end.", ["task"],
+    "asynctask_task_duration_seconds", "How long the attempt that finished a task ran.", ["task"],
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, float("inf")),
 )
 TASKS_IN_FLIGHT = Gauge(
@@ -42,7 +42,7 @@ HTTP_REQUESTS = Counter(
 
 
 def submitted(task_name: str) -> None:
-    """Count a task handed to a worker."""
+    """Count a task accepted to run (a claim by `run()`, not a recovery)."""
     TASKS_SUBMITTED.labels(task=task_name).inc()
 
 
@@ -52,12 +52,16 @@ def started(task_name: str) -> None:
 
 
 def finished(task_name: str, status: str, seconds: float | None) -> None:
-    """Count a task that ended in `status`; `seconds` is how long it ran here, None if it did not run here."""
+    """Count a task that ended in `status`; `seconds` it ran here after `started()`, else None."""
     TASKS_FINISHED.labels(task=task_name, status=str(status)).inc()
     if seconds is not None:
-        # Only an attempt that `started()` in this process left the in-flight gauge raised.
         TASKS_IN_FLIGHT.labels(task=task_name).dec()
         TASK_DURATION.labels(task=task_name).observe(max(float(seconds), 0.0))
+
+
+def stopped(task_name: str) -> None:
+    """An attempt that `started()` here ended without finishing its task (retry, release, fenced out)."""
+    TASKS_IN_FLIGHT.labels(task=task_name).dec()
 
 
 def request(method: str, route: str, code: int) -> None:

@@ -5,6 +5,7 @@ The hooks also work with plain gunicorn: `gunicorn -c python:asynctask.serving '
   fork, so a worker that has not had a request yet still takes over orphaned tasks.
 - `worker_exit` (SIGTERM, SIGINT, a restart): take no new work, give running tasks
   `ASYNCTASK_SHUTDOWN_GRACE` seconds (default 20), then release the rest to other processes.
+- `child_exit`: drop an exited worker's live Prometheus gauges (`PROMETHEUS_MULTIPROC_DIR`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ def worker_exit(server: Any, worker: Any) -> None:
         os._exit(0)
 
 
+def child_exit(server: Any, worker: Any) -> None:
+    """gunicorn hook, in the master: drop the live metrics of a worker that exited."""
+    from . import metrics
+
+    metrics.mark_process_dead(worker.pid)
+
+
 def load(target: str, endpoint: str = "/api") -> Any:
     """The WSGI app named by 'module:object'; an `AsyncTask` object is served at `endpoint`."""
     module_name, _, name = target.partition(":")
@@ -71,7 +79,7 @@ def serve(target: str, *, bind: str = "127.0.0.1:8000", workers: int = 1, endpoi
             settings = {
                 "bind": bind, "workers": workers, "preload_app": preload,
                 "graceful_timeout": max(graceful_timeout, grace_seconds() + 10),
-                "post_worker_init": post_worker_init, "worker_exit": worker_exit,
+                "post_worker_init": post_worker_init, "worker_exit": worker_exit, "child_exit": child_exit,
             }
             for key, value in settings.items():
                 self.cfg.set(key, value)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import attempt as attempts
-from . import logs
+from . import logs, metrics
 from .attempt import Attempt
 from .errors import AsyncTaskError, InvalidParams, ShuttingDown, TaskTimeout
 from .executors import Executors, call_main
@@ -215,6 +215,7 @@ class AsyncTask:
         task_log = self.get_logger(task_id)
         if current is not None and current.stop_reason == "cancelled":
             if self._store.finish(task_id, TaskStatus.CANCELLED, attempt=number, error="cancelled", extra=extra):
+                _ended(current, TaskStatus.CANCELLED)
                 task_log.info("task cancelled")
             return None
         try:
@@ -226,9 +227,11 @@ class AsyncTask:
                 self._schedule_retry(current, error)
                 return None
             task_log.error("task failed: %s", error)
-            self._store.finish(task_id, TaskStatus.FAILED, attempt=number, error=error, extra=extra)
+            if self._store.finish(task_id, TaskStatus.FAILED, attempt=number, error=error, extra=extra):
+                _ended(current, TaskStatus.FAILED)
             return None
         if self._store.finish(task_id, TaskStatus.SUCCESS, attempt=number, result=result, extra=extra):
+            _ended(current, TaskStatus.SUCCESS)
             task_log.info("task succeeded")
         else:
             task_log.warning("result discarded: this attempt is no longer the task's current one")
@@ -247,7 +250,9 @@ class AsyncTask:
         or `InvalidTransition` for a task that has finished.
         """
         status = self._store.request_cancel(check_task_id(task_id))
-        if status == TaskStatus.RUNNING.value and self._state is not None:
+        if status == TaskStatus.CANCELLED.value:
+            metrics.finished(self.name, status, None)
+        elif self._state is not None:
             self._state.stop(task_id, "cancelled")
         return status
 
@@ -361,6 +366,7 @@ class AsyncTask:
             rerun_after=self.rerun_time_limit, trace_id=trace_id or uuid.uuid4().hex,
         )
         if claimed:
+            metrics.submitted(self.name)
             self._dispatch(state, _attempt_of(doc))
         return doc
 
@@ -385,6 +391,8 @@ class AsyncTask:
         deadline = utcnow() + self.task_timeout
         if not self._store.start(attempt.task_id, attempt.number, state.owner, deadline):
             return
+        metrics.started(self.name)
+        began = time.monotonic()
         state.monitor.track(attempt, deadline)
         attempt.reporter = functools.partial(self._store.progress, attempt.task_id, attempt.number)
         try:
@@ -394,6 +402,10 @@ class AsyncTask:
                 self._callback_safely(self._call(attempt, task_log), attempt)
         finally:
             state.monitor.untrack(attempt)
+            if attempt.outcome is not None:
+                metrics.finished(self.name, attempt.outcome, time.monotonic() - began)
+            else:
+                metrics.stopped(self.name)
             with state.finished:
                 state.finished.notify_all()
 
@@ -442,6 +454,7 @@ class AsyncTask:
         """Fail an attempt past its deadline; its late result is then fenced out."""
         error = f"TaskTimeout: task ran longer than task_timeout ({self.task_timeout})"
         if self._store.finish(attempt.task_id, TaskStatus.FAILED, attempt=attempt.number, error=error):
+            _ended(attempt, TaskStatus.FAILED)
             self.get_logger(attempt.task_id).error("task timed out after %s", self.task_timeout)
         attempt.stop("timeout")
 
@@ -457,6 +470,8 @@ class AsyncTask:
         lost = self._store.fail_lost(self.stale_after, self.max_attempts)
         if lost:
             logger.warning("failed %d orphaned task(s) after %d attempts", lost, self.max_attempts)
+            for _ in range(lost):
+                metrics.finished(self.name, TaskStatus.FAILED.value, None)
         while state.free_slots() > 0:
             doc = self._store.claim_orphan(state.owner, self.stale_after, self.max_attempts)
             if doc is None:
@@ -491,6 +506,12 @@ class AsyncTask:
         for name in ("collection", "_store", "_executors", "_state", "_state_lock"):
             state.pop(name, None)
         return state
+
+
+def _ended(attempt: Attempt | None, status: TaskStatus) -> None:
+    """Note the final status an attempt wrote (for metrics)."""
+    if attempt is not None and attempt.outcome is None:
+        attempt.outcome = status.value
 
 
 def _attempt_of(doc: dict[str, Any]) -> Attempt:

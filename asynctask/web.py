@@ -273,19 +273,17 @@ def _register_service_routes(app: Flask) -> None:
     @app.get("/openapi.json")
     def openapi() -> Response:
         protected()
-        from .openapi import openapi_spec
+        from .openapi import openapi_document
 
-        spec: dict[str, Any] = {}
-        for task, endpoint in _tasks():
-            part = openapi_spec(task, endpoint)
-            if not spec:
-                spec = part
-            else:
-                spec["paths"].update(part["paths"])
-                spec.setdefault("components", {}).setdefault("schemas", {}).update(
-                    part.get("components", {}).get("schemas", {})
-                )
-        return jsonify(spec)
+        return jsonify(openapi_document(_tasks()))
+
+    @app.after_request
+    def count(response: Response) -> Response:
+        from . import metrics as prometheus
+
+        route = request.url_rule.rule if request.url_rule else "<unmatched>"
+        prometheus.request(request.method, route, response.status_code)
+        return response
 
     app.before_request(_trace)
     app.after_request(_echo_trace)

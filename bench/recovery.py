@@ -36,10 +36,9 @@ os.environ["DISABLE_STREAM_HANDLER"] = "1"
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from pymongo import MongoClient  # noqa: E402
-
 import apps  # noqa: E402
 from mongo_wire import running_server  # noqa: E402
+from pymongo import MongoClient  # noqa: E402
 
 ROUND_DEADLINE_S = 30.0
 

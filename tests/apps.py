@@ -161,6 +161,17 @@ def http(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tupl
             return error.code, json.loads(error.read() or b"null")
 
 
+def environment(uri: str, collection: str, log_dir: str | os.PathLike[str], **settings: Any) -> dict[str, str]:
+    """The environment of a process serving `apps`: this one's, with the database and `APPS_*` settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASYNCTASK_", "APPS_"))}
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]), DISABLE_STREAM_HANDLER="1",
+        ASYNCTASK_MONGO_URI=uri, APPS_COLLECTION=collection, APPS_LOG_DIR=str(Path(log_dir) / "tasks"),
+    )
+    env.update({f"APPS_{name.upper()}": str(value) for name, value in settings.items()})
+    return env
+
+
 class Server:
     """`apps` served by gunicorn on 127.0.0.1, in a process group of its own.
 
@@ -195,17 +206,12 @@ class Server:
             command.append("apps:app")
         else:
             raise ValueError(f"unknown mode {mode!r}")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("ASYNCTASK_", "APPS_"))}
-        env.update(
-            PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]), DISABLE_STREAM_HANDLER="1",
-            ASYNCTASK_MONGO_URI=uri, APPS_COLLECTION=collection, APPS_LOG_DIR=str(Path(log_dir) / "tasks"),
-        )
+        env = environment(uri, collection, log_dir, **settings)
         if grace is not None:
             env["ASYNCTASK_SHUTDOWN_GRACE"] = str(grace)
         # gunicorn's control socket goes to $XDG_RUNTIME_DIR: one short private folder per server.
         self.runtime_dir = tempfile.mkdtemp(prefix="gunicorn-")
         env["XDG_RUNTIME_DIR"] = self.runtime_dir
-        env.update({f"APPS_{name.upper()}": str(value) for name, value in settings.items()})
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         self.stderr_path = Path(log_dir) / f"gunicorn-{self.port}.err"
         with open(self.stderr_path, "wb") as err:

@@ -7,6 +7,7 @@ gunicorn forks its workers. MongoDB is the test wire server of tests/mongo_wire.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -128,6 +129,21 @@ def test_first_use_works_and_honours_db_and_collection_names(clean_env, mongo_ur
         _close(collection)
 
 
+def test_the_lazy_collection_answers_like_a_pymongo_collection(clean_env, mongo_uri):
+    database, name = _unique("db"), _unique("coll")
+    clean_env.setenv("ASYNCTASK_MONGO_URI", mongo_uri)
+    clean_env.setenv("ASYNCTASK_MONGO_DB", database)
+    clean_env.setenv("ASYNCTASK_MONGO_COLLECTION", name)
+    collection = default_collection()
+    try:
+        assert collection.name == name
+        assert collection.full_name == f"{database}.{name}"
+        assert collection.database.name == database  # a pymongo Database, as on a Collection
+        assert collection.database.client is collection._collection.database.client
+    finally:
+        _close(collection)
+
+
 def test_default_db_and_collection_names(clean_env, mongo_uri, direct):
     clean_env.setenv("ASYNCTASK_MONGO_URI", mongo_uri)
     marker = _unique("default")
@@ -152,6 +168,20 @@ def test_a_task_runs_on_the_lazy_collection(clean_env, mongo_uri, direct, make_t
         assert direct["asynctask"][name].count_documents({"status": "success"}) == 1
     finally:
         _close(collection)
+
+
+def test_a_lazy_collection_can_be_copied_like_a_pymongo_collection(clean_env, mongo_uri, direct):
+    name = _unique("coll")
+    clean_env.setenv("ASYNCTASK_MONGO_URI", mongo_uri)
+    clean_env.setenv("ASYNCTASK_MONGO_COLLECTION", name)
+    original = default_collection()
+    duplicate = copy.copy(original)
+    try:
+        assert duplicate._collection is None
+        duplicate.insert_one({"task_id": "copied"})
+        assert direct["asynctask"][name].count_documents({"task_id": "copied"}) == 1
+    finally:
+        _close(duplicate)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="os.fork semantics checked on Linux")

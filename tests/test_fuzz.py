@@ -15,10 +15,10 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
+from tasks import Typed
 
 from asynctask import MemoryCollection
 from asynctask.openapi import openapi_spec
-from tasks import Typed
 
 CHECKS = [not_a_server_error, response_schema_conformance]
 

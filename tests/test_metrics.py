@@ -81,6 +81,15 @@ def test_a_task_that_did_not_run_here_leaves_in_flight_and_duration_alone(name):
     assert sample(text, "asynctask_task_duration_seconds_count", task=name) is None
 
 
+def test_an_attempt_that_stopped_without_finishing_only_leaves_in_flight(name):
+    metrics.started(name)
+    metrics.stopped(name)
+    text = rendered()
+    assert sample(text, "asynctask_tasks_in_flight", task=name) == 0
+    assert sample(text, "asynctask_tasks_finished_total", task=name, status="failed") is None
+    assert sample(text, "asynctask_task_duration_seconds_count", task=name) is None
+
+
 def test_http_requests_are_counted_by_route(name):
     metrics.request("GET", f"/{name}/<task_id>", 404)
     assert sample(rendered(), "asynctask_http_requests_total", method="GET", route=f"/{name}/<task_id>", code="404") == 1

@@ -7,15 +7,17 @@ import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union  # noqa: UP035 - the old aliases are tested too
 
 import pytest
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
-
-from asynctask import AsyncTask, MemoryCollection
-from asynctask.openapi import TASK_ID_PATTERN, openapi_document, openapi_spec, schema_for
 from tasks import Echo, Typed
+
+from asynctask import AsyncTask
+from asynctask.openapi import TASK_ID_PATTERN, openapi_document, openapi_spec, schema_for
+
+NOT_JSON = object()
 
 
 class Color(enum.Enum):
@@ -29,7 +31,7 @@ class Varied(AsyncTask):
     def main(
         self,
         logger: logging.Logger,
-        name: Optional[str],
+        name: Optional[str],  # noqa: UP045 - the old spelling is tested too
         tags: list[str],
         mode: Literal["fast", "slow"] = "fast",
         ratio: float | None = None,
@@ -37,7 +39,7 @@ class Varied(AsyncTask):
         options: dict = {},  # noqa: B006 - only read
         pair: tuple[int, int] = (1, 2),
         color: Color = Color.RED,
-        when: Any = object(),
+        when: Any = NOT_JSON,
         *,
         flag: bool = False,
     ) -> None:
@@ -153,14 +155,14 @@ def test_annotations_map_to_json_types(spec_of):
     (int, {"type": "integer"}),
     (bool, {"type": "boolean"}),
     (Any, {}),
-    (List[int], {"type": "array", "items": {"type": "integer"}}),
+    (List[int], {"type": "array", "items": {"type": "integer"}}),  # noqa: UP006
     (list, {"type": "array", "items": {}}),
     (Sequence[str], {"type": "array", "items": {"type": "string"}}),
-    (Tuple[str, ...], {"type": "array", "items": {"type": "string"}}),
+    (Tuple[str, ...], {"type": "array", "items": {"type": "string"}}),  # noqa: UP006
     (set[int], {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}),
-    (Dict[str, float], {"type": "object", "additionalProperties": {"type": "number"}}),
+    (Dict[str, float], {"type": "object", "additionalProperties": {"type": "number"}}),  # noqa: UP006
     (Mapping, {"type": "object"}),
-    (Optional[List[int]], {"type": "array", "items": {"type": "integer"}, "nullable": True}),
+    (Optional[List[int]], {"type": "array", "items": {"type": "integer"}, "nullable": True}),  # noqa: UP006
     (Optional[Any], {}),
     (Union[int, str], {"anyOf": [{"type": "integer"}, {"type": "string"}]}),
     (Union[int, str, None], {"anyOf": [{"type": "integer", "nullable": True}, {"type": "string", "nullable": True}]}),
