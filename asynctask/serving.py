@@ -37,8 +37,12 @@ def worker_exit(server: Any, worker: Any) -> None:
 
     Tasks still running after the grace are released to other processes; their `main` threads
     cannot be interrupted, so the worker ends at once rather than run them beside their next
-    attempt.
+    attempt. gunicorn also calls this hook in the master, for a worker already gone
+    (`Arbiter.kill_worker`); there it does nothing, so that an app loaded with `--preload`
+    stays open for the workers forked later.
     """
+    if os.getpid() != getattr(worker, "pid", None):
+        return
     if shutdown_all(grace=grace_seconds()):
         logging.shutdown()
         os._exit(0)
