@@ -21,7 +21,7 @@ class LazyMongoCollection:
     """A pymongo `Collection` whose `MongoClient` is made on first use in each process."""
 
     def __init__(self, uri: str, database: str = "asynctask", collection: str = "tasks") -> None:
-        self.uri, self.database, self.name = uri, database, collection
+        self.uri, self.database_name, self.name = uri, database, collection
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._collection: Any = None
@@ -33,11 +33,15 @@ class LazyMongoCollection:
                     from pymongo import MongoClient
 
                     client: MongoClient = MongoClient(self.uri, tz_aware=True, connect=False)
-                    self._collection = client[self.database][self.name]
+                    self._collection = client[self.database_name][self.name]
                     self._pid = os.getpid()
         return self._collection
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            # Private names are never collection attributes; this also keeps a half-built copy
+            # (copy, unpickling) out of endless recursion through `_get`.
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         from pymongo.collection import Collection
 
         if callable(getattr(Collection, name, None)):
@@ -50,7 +54,7 @@ class LazyMongoCollection:
         return getattr(self._get(), name)
 
     def __repr__(self) -> str:
-        return f"LazyMongoCollection({self.database}.{self.name})"
+        return f"LazyMongoCollection({self.database_name}.{self.name})"
 
 
 def default_collection() -> Any:

@@ -10,8 +10,8 @@ The task classes live in tests/executor_tasks.py so that spawned children can im
 
 from __future__ import annotations
 
-import multiprocessing
 import itertools
+import multiprocessing
 import os
 import re
 import threading
@@ -81,7 +81,6 @@ def test_threads_run_main_in_a_worker_thread_of_this_process(make_task, executor
     assert view["status"] == "success", view["error"]
     assert view["result"]["pid"] == os.getpid()
     assert view["result"]["thread"] != threading.main_thread().name
-    assert view["result"]["thread"].startswith("asynctask")
 
 
 def test_a_thread_pool_instance_runs_main_in_its_own_threads(make_task):
@@ -242,7 +241,6 @@ def test_dask_runs_main_on_a_worker_of_the_cluster(make_task, dask_cluster, form
     assert view["status"] == "success", view["error"]
     workers = [worker.address for worker in dask_cluster.workers.values()]
     assert view["result"]["worker"] in workers
-    assert "Dask" in view["result"]["thread"]
     assert log_lines_with(task, f"dask-{form}", "on dask worker")
 
 
