@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from . import logs
 from .attempt import Attempt, running
+from .validation import check_result
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +84,28 @@ def _relay(queue: Any, progress: Callable[[str, int, float, str | None], None]) 
             logger.exception("recording progress of task %s failed", item[0])
 
 
-def _dask_executor(address: str) -> Executor:
-    """A `concurrent.futures` executor on the Dask cluster at `address` (extra `asynctask[dask]`)."""
-    try:
-        from distributed import Client
-    except ImportError as exc:  # pragma: no cover - depends on the extra
-        raise RuntimeError("executor='dask://...' needs the dask extra: pip install 'asynctask[dask]'") from exc
-    return Client(address, set_as_default=False).get_executor()
+class DaskExecutor(Executor):
+    """A `concurrent.futures` executor on the Dask cluster at `address` (extra `asynctask[dask]`).
+
+    It owns its `distributed.Client`: `shutdown()` closes it, which Dask's own executor does not.
+    """
+
+    def __init__(self, address: str) -> None:
+        try:
+            from distributed import Client
+        except ImportError as exc:  # pragma: no cover - depends on the extra
+            raise RuntimeError("executor='dask://...' needs the dask extra: pip install 'asynctask[dask]'") from exc
+        self._client = Client(address, set_as_default=False)
+        self._executor = self._client.get_executor()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        return self._executor.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        try:
+            self._executor.shutdown(wait=wait and not cancel_futures)
+        finally:
+            self._client.close()
 
 
 class Executors:
@@ -148,7 +164,7 @@ class Executors:
                 if self.kind == "processes":
                     self._remote = KillablePool(self.capacity, self._progress)
                 elif self.kind == "dask":
-                    self._remote = _dask_executor(self._spec[len("dask://"):])
+                    self._remote = DaskExecutor(self._spec[len("dask://"):])
                 else:
                     self._remote = self._spec if self.kind == "executor" else None
             self._pid = os.getpid()
@@ -179,7 +195,9 @@ class Executors:
 def call_main(task: Any, attempt: Attempt) -> Any:
     """Run `task.main` where an executor put it, logging to the task's file.
 
-    In a pool's child, progress goes back to the parent, which writes it.
+    In a pool's child, progress goes back to the parent, which writes it. The result is
+    checked here, where it was made: one that cannot be stored fails with `ResultNotStorable`
+    instead of failing to pickle on its way back (which can kill a pool's worker).
     """
     if _to_parent is not None:
         def report(percent: float, message: str | None) -> None:
@@ -189,7 +207,9 @@ def call_main(task: Any, attempt: Attempt) -> Any:
     task_logger = task.get_logger(attempt.task_id)
     with running(attempt), logs.opened(task_logger, Path(task.logger_dir), attempt.task_id, attempt.trace_id) as log:
         try:
-            return task.main(logger=log, **attempt.params)
+            result = task.main(logger=log, **attempt.params)
+            check_result(result)
+            return result
         finally:
             if attempt.pending_progress is not None and attempt.reporter is not None:
                 attempt.reporter(attempt.pending_progress["percent"], attempt.pending_progress["message"])

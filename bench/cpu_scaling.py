@@ -14,8 +14,9 @@ starts, so the figures compare running tasks, not starting interpreters.
 
 Besides wall times and speedups, each setup shows its parallelism: the CPU seconds its tasks
 spent (each measured with `time.thread_time()` inside `main`) divided by the wall time, i.e.
-how many cores it kept busy. On a machine shared with other work, wall times move with the
-load (printed first); the parallelism moves less.
+how many cores it kept busy; and "at once", the most tasks whose `main` overlapped in time.
+Threads overlap as much as processes but share one core. On a machine shared with other
+work every figure but "at once" moves with the load, which is printed first.
 
 Run from the repository root (about 25 s with the defaults):
 
@@ -58,9 +59,9 @@ class Burn(AsyncTask):
         return name
 
     def main(self, logger: Any, name: str, loops: int) -> dict[str, Any]:
-        started = time.thread_time()
+        began, started = time.time(), time.thread_time()
         checksum = burn(loops)
-        return {"checksum": checksum, "cpu": time.thread_time() - started}
+        return {"checksum": checksum, "cpu": time.thread_time() - started, "span": [began, time.time()]}
 
 
 def calibrate(seconds: float) -> tuple[int, float, float]:
@@ -81,11 +82,23 @@ def calibrate(seconds: float) -> tuple[int, float, float]:
     return loops, time.thread_time() - cpu, time.perf_counter() - wall
 
 
-def wait_all(task: AsyncTask, task_ids: list[str]) -> float:
-    """Once every task finished successfully, the CPU seconds they report; raise otherwise."""
+def most_at_once(spans: list[list[float]]) -> int:
+    """The largest number of (start, end) spans that overlap at one moment."""
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def wait_all(task: AsyncTask, task_ids: list[str]) -> tuple[float, int]:
+    """Once every task finished successfully, the CPU seconds they report and how many ran
+    at once at most; raise if one did not succeed."""
     deadline = time.monotonic() + DEADLINE_S
     pending = list(task_ids)
     cpu = 0.0
+    spans = []
     while pending:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{len(pending)} task(s) unfinished after {DEADLINE_S:.0f} s")
@@ -99,13 +112,14 @@ def wait_all(task: AsyncTask, task_ids: list[str]) -> float:
                 raise RuntimeError(f"task {task_id} ended {view['status']}: {view['error']}")
             else:
                 cpu += view["result"]["cpu"]
+                spans.append(view["result"]["span"])
         pending = still
-    return cpu
+    return cpu, most_at_once(spans)
 
 
-def timed_run(executor: str, workers: int, tasks: int, loops: int, log_dir: str) -> tuple[float, float, float]:
-    """Warm-up seconds, seconds from the first `run()` to the last success, and the tasks'
-    CPU seconds, for one setup."""
+def timed_run(executor: str, workers: int, tasks: int, loops: int, log_dir: str) -> tuple[float, float, float, int]:
+    """Warm-up seconds, seconds from the first `run()` to the last success, the tasks' CPU
+    seconds, and how many tasks ran at once at most, for one setup."""
     label = f"{executor}-{workers}"
     task = Burn(MemoryCollection(), log_dir, max_worker=workers, executor=executor)
     try:
@@ -113,8 +127,8 @@ def timed_run(executor: str, workers: int, tasks: int, loops: int, log_dir: str)
         wait_all(task, [task.run(name=f"{label}-warm-{i}", loops=1) for i in range(workers)])
         warm = time.perf_counter() - started
         started = time.perf_counter()
-        cpu = wait_all(task, [task.run(name=f"{label}-{i}", loops=loops) for i in range(tasks)])
-        return warm, time.perf_counter() - started, cpu
+        cpu, at_once = wait_all(task, [task.run(name=f"{label}-{i}", loops=loops) for i in range(tasks)])
+        return warm, time.perf_counter() - started, cpu, at_once
     finally:
         task.shutdown(wait=True)
 
@@ -141,11 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     walls: dict[tuple[str, int], float] = {}
     with tempfile.TemporaryDirectory(prefix="asynctask-bench-") as log_dir:
         for executor, workers in setups:
-            warm, wall, cpu = timed_run(executor, workers, args.tasks, loops, log_dir)
+            warm, wall, cpu, at_once = timed_run(executor, workers, args.tasks, loops, log_dir)
             walls[executor, workers] = wall
             warm_note = f"  (pool warm-up {warm:.2f} s, not counted)" if executor == "processes" else ""
             print(f"  {executor:<9} max_worker={workers}: wall {wall:6.2f} s, task CPU {cpu:6.2f} s, "
-                  f"parallelism {cpu / wall:.2f}{warm_note}")
+                  f"parallelism {cpu / wall:.2f}, at once {at_once}{warm_note}")
     serial = walls["processes", 1]
     print(f"speedup processes 2 vs 1 workers: {serial / walls['processes', 2]:.2f}x  [approaches 2 on 2 free cores]")
     print(f"speedup threads 2 vs processes 1: {serial / walls['threads', 2]:.2f}x  [about 1: the GIL]")

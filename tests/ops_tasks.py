@@ -146,7 +146,8 @@ class ChildProgress(AsyncTask):
 
 class Progress(AsyncTask):
     """Reports `percent`/`message`, signals `reported[name]`, and returns once `release[name]`
-    is set; with `count`, first reports `count` times as fast as it can."""
+    is set (at once unless `block`). With `count`, first reports `count` times as fast as it
+    can: percent `step * top / count`, message "step {step} of {count}", step = 1..count."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -162,10 +163,10 @@ class Progress(AsyncTask):
 
     def main(
         self, logger: logging.Logger, name: str, percent: float = 0.0, message: str | None = None,
-        count: int = 0, block: bool = True,
+        count: int = 0, top: float = 100.0, block: bool = True,
     ) -> str:
         for step in range(1, count + 1):
-            report_progress(step * 100 / count, f"step {step} of {count}")
+            report_progress(step * top / count, f"step {step} of {count}")
         if percent or message:
             report_progress(percent, message)
         self.reported[name].set()

@@ -142,7 +142,7 @@ def test_a_thousand_reports_cost_a_handful_of_writes_and_the_last_one_is_shown(m
     collection = CountingCollection()
     task = make_task(Progress, collection)
 
-    task_id = task.run(name=f"spam-{top}", count=1000, percent=0, block=False)
+    task_id = task.run(name=f"spam-{top}", count=1000, top=top, block=False)
     view = wait_for(task, task_id)
 
     assert view["status"] == "success", view["error"]
