@@ -62,8 +62,9 @@ class TaskStore:
             [("status", ASCENDING), ("created_at", DESCENDING)], name="status_created"
         )
         self.collection.create_index([("created_at", DESCENDING)], name="created")
-        # Finished tasks with an `expire_at` are removed by MongoDB's TTL monitor.
-        self.collection.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0, name="expire_at_ttl")
+        if self.result_ttl is not None:
+            # Finished tasks with an `expire_at` are removed by MongoDB's TTL monitor.
+            self.collection.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0, name="expire_at_ttl")
         self._indexed_pid = os.getpid()
 
     def claim(
