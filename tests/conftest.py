@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 from asynctask import AsyncTask, MemoryCollection
-from asynctask.status import FINISHED
 
 MONGO_URI = os.environ.get("ASYNCTASK_TEST_MONGO_URI")
 
@@ -69,20 +68,6 @@ def make_task(tmp_path: Any) -> Iterator[Callable[..., AsyncTask]]:
             if gate is not None:
                 gate.set()
         task.shutdown(wait=True)
-
-
-def wait_for(
-    task: AsyncTask, task_id: str, statuses: tuple[str, ...] = FINISHED, timeout: float = 10.0
-) -> dict[str, Any]:
-    """Poll the task's public view until its status is one of `statuses`; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    view = None
-    while time.monotonic() < deadline:
-        view = task.retrieve(task_id)
-        if view is not None and view["status"] in statuses:
-            return view
-        time.sleep(0.005)
-    raise AssertionError(f"task {task_id} did not reach {statuses} within {timeout}s: {view}")
 
 
 @pytest.fixture(name="wait_for")

@@ -32,6 +32,7 @@ from typing import Any
 
 import apps
 import pytest
+import waiting
 from pymongo import MongoClient
 
 #: Grace for a task's state to show up in the database, on a loaded 2-core machine.
@@ -108,14 +109,8 @@ def local_task(mongo_uri: str, name: str, tmp_path: Path) -> Iterator[Callable[.
 
 
 def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    """Poll `condition` until it returns something truthy, and return that; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"not within {timeout}s: {what}")
+    """`waiting.wait_until` with this module's deadline for real processes."""
+    return waiting.wait_until(condition, what, timeout, interval=0.05)
 
 
 def tasks(db: Any, name: str) -> dict[str, dict[str, Any]]:

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from executor_tasks import BadResult, OnDaskWorker, Quick, Raiser, Sleeper, Where
+from waiting import wait_until
 
 from asynctask import AsyncTask, MemoryCollection
 
@@ -36,12 +37,7 @@ LOG_PID = re.compile(r"^\[\s*(\d+)\]")
 
 def poll(condition: Callable[[], bool], timeout: float, what: str) -> None:
     """Return once `condition()` is true; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{what} within {timeout}s")
+    wait_until(condition, what, timeout, interval=0.02)
 
 
 def process_exists(pid: int) -> bool:

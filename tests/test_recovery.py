@@ -7,11 +7,11 @@ real thing, with killed processes, is in test_durability.py.
 from __future__ import annotations
 
 import threading
-import time
 from datetime import timedelta
 
 import pytest
 from tasks import Echo, Gate
+from waiting import wait_until
 
 from asynctask.errors import ShuttingDown
 from asynctask.store import TaskStore, utcnow
@@ -26,15 +26,6 @@ def orphan(collection, task_id, params, *, attempts=1, lost=0, status="running",
         "owner": "dead-host:1:gone", "heartbeat_at": utcnow() - timedelta(seconds=age),
         "created_at": utcnow(), "update_time": utcnow(),
     })
-
-
-def wait_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError("condition not met before the deadline")
 
 
 def test_live_process_takes_over_an_orphan(make_task, wait_for, memory):

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from tasks import Echo, Gate, Typed
+from waiting import wait_until
 
 from asynctask import AsyncTask, InvalidParams, InvalidTaskId, MemoryCollection, TaskNotFound
 from asynctask.store import utcnow
@@ -344,8 +345,8 @@ def test_custom_thread_pool_is_used(make_task, wait_for):
 
 
 def test_process_pool_runs_main_in_a_child(make_task, wait_for):
-    from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     task = make_task(Typed, executor=pool)
@@ -373,15 +374,3 @@ def test_future_passed_to_callback_holds_mains_exception(make_task, wait_for):
     task = make_task(Spy)
     wait_for(task, task.run(name="spy"))
     assert isinstance(futures[0].exception(), RuntimeError)
-
-
-def wait_until(predicate, timeout=5.0):
-    """Poll `predicate` until it is true; fail at the deadline."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError("condition not met before the deadline")
