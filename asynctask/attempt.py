@@ -41,6 +41,8 @@ class Attempt:
     reporter: Callable[[float, str | None], None] | None = field(default=None, repr=False)
     #: The newest progress not written yet because of throttling; written with the outcome.
     pending_progress: dict[str, Any] | None = field(default=None, repr=False)
+    #: The newest progress reported, written or not; a child process sends it back with the outcome.
+    latest_progress: dict[str, Any] | None = field(default=None, repr=False)
     _last_report: float = field(default=-math.inf, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -59,6 +61,7 @@ class Attempt:
     def report(self, percent: float, message: str | None) -> None:
         """Write progress through `reporter`, at most once per `PROGRESS_INTERVAL` (100% always)."""
         now = time.monotonic()
+        self.latest_progress = {"percent": percent, "message": message}
         if percent < 100.0 and now - self._last_report < PROGRESS_INTERVAL:
             self.pending_progress = {"percent": percent, "message": message}
             return

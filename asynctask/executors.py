@@ -7,11 +7,13 @@ executor, `main` is sent there and the slot waits for it, so a timeout or a canc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import threading
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -192,7 +194,15 @@ class Executors:
                     executor.shutdown(wait=wait)
 
 
-def call_main(task: Any, attempt: Attempt) -> Any:
+@dataclass
+class Outcome:
+    """What `call_main` returns: `main`'s result and the last progress it reported."""
+
+    result: Any
+    progress: dict[str, Any] | None = None
+
+
+def call_main(task: Any, attempt: Attempt) -> Outcome:
     """Run `task.main` where an executor put it, logging to the task's file.
 
     In a pool's child, progress goes back to the parent, which writes it. The result is
@@ -206,10 +216,13 @@ def call_main(task: Any, attempt: Attempt) -> Any:
         attempt.reporter = report
     task_logger = task.get_logger(attempt.task_id)
     with running(attempt), logs.opened(task_logger, Path(task.logger_dir), attempt.task_id, attempt.trace_id) as log:
+        # The last progress goes back with the outcome and is written with it: sent through the
+        # progress queue, it could arrive after the outcome, when it is no longer written.
         try:
             result = task.main(logger=log, **attempt.params)
             check_result(result)
-            return result
-        finally:
-            if attempt.pending_progress is not None and attempt.reporter is not None:
-                attempt.reporter(attempt.pending_progress["percent"], attempt.pending_progress["message"])
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                exc.asynctask_progress = attempt.latest_progress  # type: ignore[attr-defined]
+            raise
+        return Outcome(result, attempt.latest_progress)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -105,13 +106,18 @@ def _forget(logger: logging.Logger) -> None:
                     del registry[".".join(parts[:end])]
 
 
+#: A task's log file or one of its rotated parts: `<task_id>.log` or `<task_id>.log.<n>`.
+_LOG_FILE = re.compile(r"(.+)\.log(?:\.\d+)?")
+
+
 def log_files(logger_dir: Path) -> dict[str, list[Path]]:
     """The log files in `logger_dir` (rotated ones included), by task id."""
     files: dict[str, list[Path]] = {}
     for path in logger_dir.glob("*.log*"):
-        name, _, rest = path.name.partition(".log")
-        if rest == "" or rest[1:].isdigit():
-            files.setdefault(name, []).append(path)
+        # The task id is everything before the last ".log" (ids may hold ".log" themselves).
+        match = _LOG_FILE.fullmatch(path.name)
+        if match:
+            files.setdefault(match.group(1), []).append(path)
     return files
 
 

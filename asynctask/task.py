@@ -421,7 +421,7 @@ class AsyncTask:
         future.add_done_callback(lambda _: attempt.wake.set())
         attempt.wake.wait(self.task_timeout.total_seconds())
         if future.done() and not future.cancelled():
-            return future
+            return _outcome(future, attempt)
         future.cancel()  # ends the child on a killable pool
         if attempt.stop_reason in (None, "timeout"):
             return _done(exception=TaskTimeout(f"task ran longer than task_timeout ({self.task_timeout})"))
@@ -491,7 +491,7 @@ class AsyncTask:
         cutoff = time.time() - self.result_ttl.total_seconds()
         old = {
             task_id: paths for task_id, paths in logs.log_files(self.logger_dir).items()
-            if all(path.stat().st_mtime < cutoff for path in paths)
+            if all(_modified(path) < cutoff for path in paths)
         }
         ids = list(old)
         for start in range(0, len(ids), 500):
@@ -508,6 +508,14 @@ class AsyncTask:
         return state
 
 
+def _modified(path: Path) -> float:
+    """When a file was last written; a file another process just removed counts as new."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
+
+
 def _ended(attempt: Attempt | None, status: TaskStatus) -> None:
     """Note the final status an attempt wrote (for metrics)."""
     if attempt is not None and attempt.outcome is None:
@@ -520,6 +528,17 @@ def _attempt_of(doc: dict[str, Any]) -> Attempt:
         doc["task_id"], doc["attempts"], dict(doc.get("params") or {}),
         trace_id=doc.get("trace_id"), retries=doc.get("retries") or 0,
     )
+
+
+def _outcome(future: Future, attempt: Attempt) -> Future:
+    """`main`'s result from `call_main`; its last progress is kept to be written with the outcome."""
+    error = future.exception()
+    if error is not None:
+        attempt.pending_progress = getattr(error, "asynctask_progress", None)
+        return future
+    outcome = future.result()
+    attempt.pending_progress = outcome.progress
+    return _done(result=outcome.result)
 
 
 def _done(*, result: Any = None, exception: BaseException | None = None) -> Future:

@@ -203,6 +203,9 @@ def create_blueprint(task: AsyncTask, endpoint: str = "/api", name: str | None =
         return response
 
     register_error_handlers(blueprint)
+    # However the blueprint is added (init_app or app.register_blueprint), the app gets
+    # /ping, /healthz, /metrics, /openapi.json and envelope errors with its first task type.
+    blueprint.record(lambda state: _attach(state.app, task, endpoint or "/"))
     return blueprint
 
 
@@ -290,12 +293,16 @@ def _register_service_routes(app: Flask) -> None:
     register_error_handlers(app)
 
 
-def init_app(app: Flask, task: AsyncTask, endpoint: str = "/api") -> None:
-    """Serve `task` at `endpoint` in `app`; the service routes are added with the first task."""
+def _attach(app: Flask, task: AsyncTask, endpoint: str) -> None:
+    """Note `task` in `app`; the service routes are added with the first task."""
     registered = app.extensions.setdefault(EXTENSION, [])
     if not registered:
         _register_service_routes(app)
-    registered.append((task, endpoint.rstrip("/") or "/"))
+    registered.append((task, endpoint))
+
+
+def init_app(app: Flask, task: AsyncTask, endpoint: str = "/api") -> None:
+    """Serve `task` at `endpoint` in `app`; the service routes are added with the first task."""
     app.register_blueprint(create_blueprint(task, endpoint))
 
 

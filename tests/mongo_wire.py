@@ -28,7 +28,8 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Iterator
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import bson
 import mongomock

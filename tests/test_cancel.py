@@ -13,12 +13,11 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from ops_tasks import Controlled, Loop, PidSleeper, Quick
+from waiting import wait_for, wait_until
 
 from asynctask import MemoryCollection
 
@@ -29,18 +28,6 @@ SPAWN_S = 30.0
 @pytest.fixture(autouse=True)
 def no_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ASYNCTASK_API_TOKEN", raising=False)
-
-
-def poll(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Return `condition()` once it is truthy; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout}s")
-        time.sleep(0.005)
 
 
 def process_exists(pid: int) -> bool:
@@ -113,7 +100,7 @@ def test_a_running_task_in_a_child_process_is_ended_at_once(make_task, tmp_path)
     client = task.app("/api").test_client()
     pid_file = tmp_path / "child.pid"
     task_id = task.run(pid_file=str(pid_file), seconds=60)
-    poll(lambda: pid_file.exists() and pid_file.read_text(), SPAWN_S, "the child never wrote its pid")
+    wait_until(lambda: pid_file.exists() and pid_file.read_text(), "the child never wrote its pid", timeout=SPAWN_S)
     child = int(pid_file.read_text())
     assert child != os.getpid() and process_exists(child)
     assert task.retrieve(task_id)["status"] == "running"
@@ -123,7 +110,7 @@ def test_a_running_task_in_a_child_process_is_ended_at_once(make_task, tmp_path)
 
     assert code in (200, 202), body
     view = wait_for(task, task_id, ("cancelled",), timeout=2)
-    poll(lambda: not process_exists(child), 2, f"the child {child} is still alive")
+    wait_until(lambda: not process_exists(child), f"the child {child} is still alive", timeout=2)
     assert time.monotonic() - asked < 2.5
     assert view["result"] is None
     assert task.retrieve(task_id)["status"] == "cancelled"
@@ -144,7 +131,7 @@ def test_a_running_task_in_a_thread_ends_at_its_next_cancelled_check(make_task):
     assert "looping" in task.stopped_early  # main saw cancelled() and returned early
     log = task.logger_dir / "looping.log"
     # The outcome is written to the log just after the status.
-    poll(lambda: "task cancelled" in log.read_text(), 2, "the log never said the task was cancelled")
+    wait_until(lambda: "task cancelled" in log.read_text(), "the log never said the task was cancelled", timeout=2)
     assert "cancelled at step" in log.read_text()
 
 

@@ -8,14 +8,14 @@ up here first.
 from __future__ import annotations
 
 import multiprocessing
-import queue
 import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from typing import Any
 
 import bson
 import pytest

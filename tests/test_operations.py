@@ -13,14 +13,13 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from flask import Flask
 from ops_tasks import Controlled, Length, Quick, Upper
+from waiting import wait_for, wait_until
 
 from asynctask import AsyncTask, MemoryCollection, logs
 from asynctask import web as web_module
@@ -44,17 +43,6 @@ def envelope(response: Any, code: int) -> dict[str, Any]:
     if code >= 400:
         assert body["error_msg"], body
     return body
-
-
-def poll(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout}s")
-        time.sleep(0.005)
 
 
 # == long-poll ====================================================================================
@@ -301,7 +289,7 @@ def test_the_log_endpoint_returns_the_lines_as_text_with_the_next_offset(make_ta
     task_id = task.run(name="logged", lines=3)
     wait_for(task, task_id)
     path = task.logger_dir / "logged.log"
-    poll(lambda: b"task succeeded" in path.read_bytes(), 2, "the outcome was not logged")
+    wait_until(lambda: b"task succeeded" in path.read_bytes(), "the outcome was not logged", timeout=2)
     content = path.read_bytes()
 
     response = client.get(f"/api/{task_id}/log")
@@ -337,7 +325,7 @@ def test_the_log_of_a_running_task_shows_the_lines_so_far_and_later_the_rest(mak
     task.release["growing"].set()
     wait_for(task, "growing")
     path = task.logger_dir / "growing.log"
-    poll(lambda: b"task succeeded" in path.read_bytes(), 2, "the outcome was not logged")
+    wait_until(lambda: b"task succeeded" in path.read_bytes(), "the outcome was not logged", timeout=2)
 
     rest = client.get(f"/api/growing/log?offset={offset}")
     assert "before the gate" not in rest.text
@@ -361,7 +349,7 @@ def test_after_the_log_rotated_an_offset_past_the_new_file_starts_over(make_task
     task.release["rotating"].set()
     wait_for(task, "rotating")
     path = task.logger_dir / "rotating.log"
-    poll(lambda: b"task succeeded" in path.read_bytes(), 2, "the outcome was not logged")
+    wait_until(lambda: b"task succeeded" in path.read_bytes(), "the outcome was not logged", timeout=2)
     assert (task.logger_dir / "rotating.log.1").exists()
     current = path.read_bytes()
     assert len(current) < offset  # the premise: the new file is shorter than what was read
@@ -410,7 +398,7 @@ def test_a_finished_task_expires_through_a_ttl_index(make_task):
     assert len(ttl) == 1 and ttl[0]["expireAfterSeconds"] == 0
     # The in-memory store (mongomock) removes expired documents whenever the collection is read.
     envelope(client.get("/api/short-lived"), 200)
-    poll(lambda: client.get("/api/short-lived").status_code == 404, 5, "the task never expired")
+    wait_until(lambda: client.get("/api/short-lived").status_code == 404, "the task never expired", timeout=5)
     assert client.get("/api/short-lived").get_json()["status"] == "error"
 
 
@@ -441,7 +429,7 @@ def test_the_log_files_of_expired_tasks_are_removed_and_others_kept(make_task, g
     kept_log = task.logger_dir / "still-running.log"
     assert gone_log.exists() and kept_log.exists()
 
-    poll(lambda: not gone_log.exists() and not rotated.exists(), 3, f"the log files of {gone} are still there")
+    wait_until(lambda: not gone_log.exists() and not rotated.exists(), f"the log files of {gone} are still there", timeout=3)
 
     assert task.retrieve(gone) is None
     assert kept_log.exists() and task.retrieve("still-running")["status"] == "running"
@@ -570,7 +558,7 @@ def test_the_request_id_is_echoed_stored_and_in_every_log_line(make_task):
     assert view["trace_id"] == "abc-123"
     assert envelope(client.get("/api/traced"), 200)["data"]["trace_id"] == "abc-123"
     path = task.logger_dir / "traced.log"
-    poll(lambda: "task succeeded" in path.read_text(), 2, "the outcome was not logged")
+    wait_until(lambda: "task succeeded" in path.read_text(), "the outcome was not logged", timeout=2)
     lines = path.read_text().splitlines()
     assert len(lines) == 4  # three of main's, one of the outcome
     assert all("| abc-123 |" in line for line in lines), lines

@@ -12,12 +12,11 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from ops_tasks import ChildProgress, Progress, Zombie
+from waiting import wait_for, wait_until
 
 import asynctask
 from asynctask import MemoryCollection
@@ -53,17 +52,6 @@ class CountingCollection:
             if self.progress_lag and set(fields) == {"progress"}:
                 time.sleep(self.progress_lag)
         return self.inner.update_one(query, update, *args, **kwargs)
-
-
-def poll(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout}s")
-        time.sleep(0.005)
 
 
 def http_view(task: asynctask.AsyncTask, task_id: str) -> dict[str, Any]:
@@ -158,7 +146,7 @@ def test_progress_from_a_child_process_reaches_the_database(make_task, tmp_path)
     go_file = tmp_path / "go"
     task_id = task.run(go_file=str(go_file))
 
-    view = poll(lambda: (v := http_view(task, task_id))["progress"] and v, SPAWN_S, "no progress from the child")
+    view = wait_until(lambda: (v := http_view(task, task_id))["progress"] and v, "no progress from the child", timeout=SPAWN_S)
 
     assert view["status"] == "running"
     assert view["progress"]["percent"] == 30.0

@@ -13,8 +13,8 @@ import uuid
 from datetime import datetime, timezone
 
 import pytest
-from conftest import wait_for
 from ops_tasks import Flaky
+from waiting import wait_for, wait_until
 
 from asynctask import MemoryCollection
 
@@ -27,17 +27,6 @@ def no_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def unique(prefix: str) -> str:
     """A task name no other test uses (Flaky keeps its call times per name, process-wide)."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout}s")
-        time.sleep(0.005)
 
 
 def test_a_failing_task_is_retried_with_exponential_backoff_until_it_succeeds(make_task):
@@ -103,7 +92,7 @@ def test_a_waiting_retry_shows_queued_attempts_and_next_retry_at_and_blocks_no_w
     client = task.app("/api").test_client()
     name = unique("waiting")
     task.run(name=name, fails=1)
-    wait_until(lambda: task.retrieve(name)["next_retry_at"], 5, "no retry was scheduled")
+    wait_until(lambda: task.retrieve(name)["next_retry_at"], "no retry was scheduled", timeout=5)
 
     view = client.get(f"/api/{name}").get_json()["data"]
 
@@ -129,7 +118,7 @@ def test_a_retry_survives_the_process_that_scheduled_it(make_task):
     dying = make_task(Flaky, shared, max_retries=1, retry_delay=0.5)
     name = unique("survivor")
     dying.run(name=name, fails=1)
-    wait_until(lambda: dying.retrieve(name)["next_retry_at"], 5, "no retry was scheduled")
+    wait_until(lambda: dying.retrieve(name)["next_retry_at"], "no retry was scheduled", timeout=5)
     dying.shutdown(wait=False)  # the process that scheduled the retry is gone
     failed_at = Flaky.finished[name][0]
 
@@ -167,8 +156,8 @@ def test_retry_threads_do_not_pile_up(make_task):
     for _ in range(5):
         task.run(name=unique("parked"), fails=1)
     wait_until(
-        lambda: task.collection.count_documents({"next_retry_at": {"$exists": True}}) == 5, 5,
-        "five retries were not scheduled",
+        lambda: task.collection.count_documents({"next_retry_at": {"$exists": True}}) == 5,
+        "five retries were not scheduled", timeout=5,
     )
     assert threading.active_count() - before <= 2 + 1  # two slots and the monitor
 
@@ -178,7 +167,7 @@ def test_a_task_waiting_for_its_retry_can_be_cancelled_and_the_retry_never_runs(
     client = task.app("/api").test_client()
     name = unique("called-off")
     task.run(name=name, fails=1)
-    wait_until(lambda: task.retrieve(name)["next_retry_at"], 5, "no retry was scheduled")
+    wait_until(lambda: task.retrieve(name)["next_retry_at"], "no retry was scheduled", timeout=5)
 
     response = client.delete(f"/api/{name}")
 
