@@ -219,7 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         root.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.params = [*args.params, *extra]
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except BrokenPipeError:
+        # The reader went away (`asynctask status ... | head`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
