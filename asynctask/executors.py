@@ -19,20 +19,9 @@ from typing import Any, Callable
 
 from . import logs
 from .attempt import Attempt, running
-from .validation import check_result
+from .validation import check_result, positive_int
 
 logger = logging.getLogger(__name__)
-
-
-def check_max_worker(max_worker: Any) -> int | None:
-    """Return `max_worker` if it is None or a positive int, else raise."""
-    if max_worker is None:
-        return None
-    if isinstance(max_worker, bool) or not isinstance(max_worker, int):
-        raise TypeError(f"max_worker must be an int or None, not {type(max_worker).__name__}")
-    if max_worker < 1:
-        raise ValueError(f"max_worker must be at least 1, not {max_worker}")
-    return max_worker
 
 
 class KillablePool(Executor):
@@ -121,7 +110,7 @@ class Executors:
         self, spec: Any, max_worker: int | None,
         progress: Callable[[str, int, float, str | None], None] = lambda *args: None,
     ) -> None:
-        self.max_worker = check_max_worker(max_worker)
+        self.max_worker = None if max_worker is None else positive_int("max_worker", max_worker)
         self._progress = progress
         if spec is None or spec == "threads":
             self.kind = "threads"

@@ -6,6 +6,7 @@ Every JSON answer, errors included, is the envelope
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -133,10 +134,8 @@ def create_blueprint(task: AsyncTask, endpoint: str = "/api", name: str | None =
         _check_token([task.api_token] if task.api_token else [])
         if request.content_length is not None and request.content_length > task.max_content_length:
             raise RequestEntityTooLarge()
-        try:
+        with contextlib.suppress(AttributeError):  # Flask < 3.1: the Content-Length check above does
             request.max_content_length = task.max_content_length
-        except AttributeError:  # Flask < 3.1: the Content-Length check above has to do
-            pass
         # A serving process heartbeats and recovers orphans before it takes its first task.
         task.start()
 
