@@ -12,10 +12,12 @@ import os
 import re
 import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
+from typing import Any
 
 #: The upstream tool's line format (pid, time, level, task id, module:line, message) plus the
 #: trace id of the request that submitted the task.
@@ -42,10 +44,39 @@ def task_logger(task_id: str) -> logging.Logger:
     return logger
 
 
+def format_exception(exc: BaseException) -> str:
+    """The traceback of `exc`, chained exceptions included, without the `^^^` column markers.
+
+    Python 3.11 finds those markers with `ast.parse`, whose recursion counter CPython before 3.13
+    shares between threads: a task thread formatting a traceback can make a parse in another
+    thread fail with "SystemError: AST constructor recursion depth mismatch".
+    """
+    summary = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    _drop_columns(summary, set())
+    return "".join(summary.format()).rstrip("\n")
+
+
+def _drop_columns(summary: traceback.TracebackException | None, seen: set[int]) -> None:
+    if summary is None or id(summary) in seen:
+        return
+    seen.add(id(summary))
+    for frame in summary.stack:
+        frame.colno = frame.end_colno = None
+    for nested in (summary.__cause__, summary.__context__, *(getattr(summary, "exceptions", None) or ())):
+        _drop_columns(nested, seen)
+
+
+class _TaskFormatter(logging.Formatter):
+    """Task log lines; tracebacks from `logger.exception` in `main` are formatted thread-safely."""
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        return format_exception(ei[1]) if ei[1] is not None else super().formatException(ei)
+
+
 def _formatter(task_id: str, trace_id: str | None) -> logging.Formatter:
     """The line format with this task's ids filled in (both are validated, brace-free text)."""
     fmt = LOG_FORMAT.replace("{task_id}", task_id).replace("{trace_id}", trace_id or "-")
-    return logging.Formatter(fmt, style="{")
+    return _TaskFormatter(fmt, style="{")
 
 
 def _handlers(logger_dir: Path, task_id: str, trace_id: str | None) -> list[logging.Handler]:

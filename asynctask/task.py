@@ -555,4 +555,4 @@ def _error_text(exc: BaseException) -> str:
     """The error stored for a failed task: a traceback, or one line for our own errors."""
     if isinstance(exc, AsyncTaskError):
         return "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).strip()
+    return logs.format_exception(exc).strip()

@@ -8,16 +8,20 @@ handler obeys `DISABLE_STREAM_HANDLER`.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from datetime import datetime, timedelta
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import asynctask.logs
 from asynctask import AsyncTask, MemoryCollection
@@ -185,6 +189,47 @@ def test_success_and_failure_outcomes_are_logged(make_task, wait_for):
     assert "task succeeded" not in failed
 
 
+class Explainer(AsyncTask):
+    """Logs a chained exception with `logger.exception`, then fails with another one."""
+
+    def main(self, logger: logging.Logger, name: str) -> None:
+        try:
+            try:
+                {}["missing"]
+            except KeyError as exc:
+                raise LookupError(f"no entry for {name}") from exc
+        except LookupError:
+            logger.exception("looking up %s went wrong", name)
+        raise ZeroDivisionError(f"{name} divided by zero")
+
+
+def test_task_tracebacks_are_written_without_parsing_source(make_task, wait_for, monkeypatch):
+    # Python 3.11 places its `^^^` markers with `ast.parse`, whose recursion counter CPython
+    # shares between threads: a task thread doing so once broke a parse in the main thread.
+    parsed_in: list[str] = []
+    real_parse = ast.parse
+
+    def watched_parse(*args: Any, **kwargs: Any) -> Any:
+        parsed_in.append(threading.current_thread().name)
+        return real_parse(*args, **kwargs)
+
+    monkeypatch.setattr(ast, "parse", watched_parse)
+    monkeypatch.setenv("DISABLE_STREAM_HANDLER", "1")
+    task = make_task(Explainer)
+    task_id = task.run(name="lookup")
+    document = wait_for(task, task_id)
+
+    assert document["status"] == "failed"
+    assert document["error"].startswith("Traceback (most recent call last):")
+    assert document["error"].endswith("ZeroDivisionError: lookup divided by zero")
+    logged = _wait_for_text(task.logger_dir / f"{task_id}.log", "task failed")
+    for text in ("looking up lookup went wrong", "KeyError: 'missing'",
+                 "The above exception was the direct cause", "LookupError: no entry for lookup"):
+        assert text in logged
+    assert "^^^" not in document["error"] + logged
+    assert parsed_in == []
+
+
 # -- resources ------------------------------------------------------------------------------
 
 
@@ -312,3 +357,14 @@ def test_default_rotation_is_ten_files_of_ten_mib(make_task, wait_for):
     assert [h for h in view["result"]["handlers"] if h["file"]] == [
         {"rotating": True, "max_bytes": 10 * 1024 * 1024, "backups": 10, "file": str(task.logger_dir / "sizes.log")}
     ]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception groups came in Python 3.11")
+def test_format_exception_keeps_every_exception_of_a_group():
+    try:
+        raise ExceptionGroup("two went wrong", [KeyError("first"), TypeError("second")])  # noqa: F821
+    except ExceptionGroup as group:  # noqa: F821
+        text = asynctask.logs.format_exception(group)
+    assert "ExceptionGroup: two went wrong (2 sub-exceptions)" in text
+    assert "KeyError: 'first'" in text and "TypeError: second" in text
+    assert "^^^" not in text
