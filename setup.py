@@ -28,7 +28,7 @@ setup(
             "pytest>=7.4",
             "distributed>=2023.1",
             "openapi-spec-validator>=0.7",
-            "schemathesis>=4.0",
+            "schemathesis>=4.0,<5",
         ],
         "dev": ["pytest>=7.4", "ruff>=0.5", "tox>=4"],
         "dask": ["distributed>=2023.1"],
