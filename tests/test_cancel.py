@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from ops_tasks import Controlled, Loop, PidSleeper, Quick
-from waiting import wait_for, wait_until
+from waiting import process_exists, wait_for, wait_until
 
 from asynctask import MemoryCollection
 
@@ -28,14 +28,6 @@ SPAWN_S = 30.0
 @pytest.fixture(autouse=True)
 def no_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ASYNCTASK_API_TOKEN", raising=False)
-
-
-def process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def delete(client: Any, task_id: str) -> tuple[int, dict]:

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from executor_tasks import BadResult, OnDaskWorker, Quick, Raiser, Sleeper, Where
-from waiting import wait_until
+from waiting import process_exists, wait_until
 
 from asynctask import AsyncTask, MemoryCollection
 
@@ -38,14 +38,6 @@ LOG_PID = re.compile(r"^\[\s*(\d+)\]")
 def poll(condition: Callable[[], bool], timeout: float, what: str) -> None:
     """Return once `condition()` is true; fail with `what` at the deadline."""
     wait_until(condition, what, timeout, interval=0.02)
-
-
-def process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def log_lines_with(task: AsyncTask, task_id: str, text: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,3 +36,12 @@ def wait_for(task: Any, task_id: str, statuses: tuple[str, ...] = FINISHED, time
     except AssertionError:
         raise AssertionError(f"task {task_id} did not reach {statuses} within {timeout}s: {views[0]}") from None
     return views[0]
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process with this pid is alive (or a zombie not yet reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
