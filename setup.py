@@ -13,7 +13,7 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["asynctask", "asynctask.*"]),
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     install_requires=[
         "flask>=2.3",
         "pymongo>=4.4",

@@ -22,7 +22,8 @@ the exceptions of `requests` (`requests.ConnectionError`, `requests.Timeout`, ..
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import requests
 

@@ -243,7 +243,7 @@ def openapi_document(services: Iterable[tuple[AsyncTask, str]], *, title: str | 
         spec["info"]["description"] = (type(services[0][0]).__doc__ or "").strip() or "Tasks run by asynctask."
     # With several task types, each gets its own schema and operation names.
     suffixes = [""] if len(services) == 1 else _unique(names)
-    for (task, base), suffix in zip(services, suffixes):
+    for (task, base), suffix in zip(services, suffixes, strict=True):
         _add_task(spec, task, base, suffix)
     protected = any(getattr(task, "api_token", None) for task, _ in services)
     spec["paths"].update(_service_paths(protected))

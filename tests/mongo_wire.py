@@ -28,8 +28,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import bson
 import mongomock

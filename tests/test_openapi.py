@@ -162,14 +162,14 @@ def test_annotations_map_to_json_types(spec_of):
     (set[int], {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}),
     (Dict[str, float], {"type": "object", "additionalProperties": {"type": "number"}}),  # noqa: UP006
     (Mapping, {"type": "object"}),
-    (Optional[List[int]], {"type": "array", "items": {"type": "integer"}, "nullable": True}),  # noqa: UP006
-    (Optional[Any], {}),
-    (Union[int, str], {"anyOf": [{"type": "integer"}, {"type": "string"}]}),
-    (Union[int, str, None], {"anyOf": [{"type": "integer", "nullable": True}, {"type": "string", "nullable": True}]}),
+    (Optional[List[int]], {"type": "array", "items": {"type": "integer"}, "nullable": True}),  # noqa: UP006, UP045
+    (Optional[Any], {}),  # noqa: UP045
+    (Union[int, str], {"anyOf": [{"type": "integer"}, {"type": "string"}]}),  # noqa: UP007
+    (Union[int, str, None], {"anyOf": [{"type": "integer", "nullable": True}, {"type": "string", "nullable": True}]}),  # noqa: UP007
     (Literal[1, 2], {"type": "integer", "enum": [1, 2]}),
     (Literal["a", None], {"type": "string", "enum": ["a", None], "nullable": True}),
     (Literal["a", 1], {"enum": ["a", 1]}),
-    (Optional[Literal["a", "b"]], {"type": "string", "enum": ["a", "b", None], "nullable": True}),
+    (Optional[Literal["a", "b"]], {"type": "string", "enum": ["a", "b", None], "nullable": True}),  # noqa: UP045
     (logging.Logger, {}),
 ])
 def test_schema_for(annotation, schema):

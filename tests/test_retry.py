@@ -40,8 +40,8 @@ def test_a_failing_task_is_retried_with_exponential_backoff_until_it_succeeds(ma
     assert view["attempts"] == 4
     assert view["error"] is None and view["next_retry_at"] is None
     starts = Flaky.starts[name]
-    gaps = [later - earlier for earlier, later in zip(starts, starts[1:])]
-    for gap, delay in zip(gaps, [0.2, 0.4, 0.8]):
+    gaps = [later - earlier for earlier, later in zip(starts, starts[1:], strict=False)]
+    for gap, delay in zip(gaps, [0.2, 0.4, 0.8], strict=True):
         assert 0.9 * delay <= gap <= 0.9 * delay + 0.5, (gaps, delay)
     log = (task.logger_dir / f"{name}.log").read_text()
     assert [f"retry {n} of 3" in log for n in (1, 2, 3)] == [True, True, True]
