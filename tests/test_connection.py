@@ -66,6 +66,15 @@ def _unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
+def _named_collection(env: pytest.MonkeyPatch, mongo_uri: str) -> tuple[str, str, Any]:
+    """A lazy collection configured by all three variables, with fresh database and collection names."""
+    database, name = _unique("db"), _unique("coll")
+    env.setenv("ASYNCTASK_MONGO_URI", mongo_uri)
+    env.setenv("ASYNCTASK_MONGO_DB", database)
+    env.setenv("ASYNCTASK_MONGO_COLLECTION", name)
+    return database, name, default_collection()
+
+
 def _close(lazy: Any) -> None:
     """Close the client the lazy collection made in this process, if any."""
     if lazy._collection is not None:
@@ -112,11 +121,7 @@ def test_building_a_task_on_the_lazy_collection_makes_no_client(clean_env, tmp_p
 
 
 def test_first_use_works_and_honours_db_and_collection_names(clean_env, mongo_uri, direct):
-    database, name = _unique("db"), _unique("coll")
-    clean_env.setenv("ASYNCTASK_MONGO_URI", mongo_uri)
-    clean_env.setenv("ASYNCTASK_MONGO_DB", database)
-    clean_env.setenv("ASYNCTASK_MONGO_COLLECTION", name)
-    collection = default_collection()
+    database, name, collection = _named_collection(clean_env, mongo_uri)
     try:
         stamp = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
         collection.insert_one({"task_id": "lazy", "at": stamp})
@@ -130,11 +135,7 @@ def test_first_use_works_and_honours_db_and_collection_names(clean_env, mongo_ur
 
 
 def test_the_lazy_collection_answers_like_a_pymongo_collection(clean_env, mongo_uri):
-    database, name = _unique("db"), _unique("coll")
-    clean_env.setenv("ASYNCTASK_MONGO_URI", mongo_uri)
-    clean_env.setenv("ASYNCTASK_MONGO_DB", database)
-    clean_env.setenv("ASYNCTASK_MONGO_COLLECTION", name)
-    collection = default_collection()
+    database, name, collection = _named_collection(clean_env, mongo_uri)
     try:
         assert collection.name == name
         assert collection.full_name == f"{database}.{name}"
