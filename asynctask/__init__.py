@@ -23,7 +23,7 @@ from .memory import MemoryCollection
 from .status import TaskStatus
 from .task import AsyncTask
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AsyncTask",

@@ -1,13 +1,13 @@
-"""The `asynctask` command line: serve a task, and submit to, watch and list a running one.
+"""The `asynctask` command line: serve a task, run workers, and submit to, watch and list tasks.
 
 Exit codes of the client commands: 0 done; 1 the task ended failed or cancelled (`wait`);
-2 `wait` timed out (argparse also exits 2 on a usage error); 3 the request failed (refused
-by the service, or the service could not be reached).
+2 `wait` timed out, or a usage error; 3 the request failed (refused by the service, or the
+service could not be reached). `worker` exits with the code `run_worker` returns.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import math
 import os
@@ -16,20 +16,20 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import click
+
 if TYPE_CHECKING:
     from .client import Client
 
 EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE, EXIT_REQUEST = 1, 2, 2, 3
 BAR_WIDTH = 20
+EPILOG = (
+    "Exit codes: 0 done; 1 task failed or cancelled (wait); 2 timeout (wait) or usage error; "
+    "3 request refused or service unreachable."
+)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from .serving import serve
-
-    serve(args.target, bind=args.bind, workers=args.workers, endpoint=args.endpoint,
-          preload=args.preload, grace=args.grace)
-    return 0
-
+# -- k=v params ---------------------------------------------------------------------------------
 
 def parse_value(text: str) -> Any:
     """A `k=v` value: JSON when it parses (`3`, `true`, `["a"]`), else the text itself."""
@@ -60,7 +60,8 @@ def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
 def render_progress(view: dict[str, Any], columns: int = 80) -> str:
     """One line for a task's view: a bar from `progress.percent` when there is one, else the status."""
     status = str(view.get("status", "?"))
-    progress = view.get("progress") if isinstance(view.get("progress"), dict) else {}
+    given = view.get("progress")
+    progress: dict[str, Any] = given if isinstance(given, dict) else {}
     percent, message = progress.get("percent"), progress.get("message")
     line = status
     if isinstance(percent, (int, float)) and not isinstance(percent, bool) and math.isfinite(percent):
@@ -72,52 +73,131 @@ def render_progress(view: dict[str, Any], columns: int = 80) -> str:
     return line[: max(columns - 1, 0)]
 
 
-def _client(args: argparse.Namespace) -> Client:
-    from .client import Client
-
-    token = args.token if args.token is not None else os.environ.get("ASYNCTASK_API_TOKEN")
-    return Client(args.url, token, endpoint=args.endpoint)
-
+# -- plumbing of the client commands ------------------------------------------------------------
 
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-def _request_command(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn a refused or failed request into a message on stderr and exit code 3."""
+def _client(url: str, token: str | None, endpoint: str | None) -> Client:
+    from .client import Client
 
-    def handler(args: argparse.Namespace) -> int:
-        import requests
-
-        from .errors import AsyncTaskError
-
-        try:
-            return run(args)
-        except (AsyncTaskError, requests.RequestException) as exc:
-            print(f"asynctask {args.command}: {exc}", file=sys.stderr)
-            return EXIT_REQUEST
-
-    return handler
+    return Client(url, token, endpoint=endpoint)
 
 
-def _submit(args: argparse.Namespace) -> int:
+def _client_command(name: str, summary: str) -> Callable[[Callable[..., int]], click.Command]:
+    """A subcommand that talks to a running service at URL.
+
+    It gets a `client` instead of URL/--endpoint/--token; a refused or failed request becomes
+    a message on stderr and exit code 3.
+    """
+
+    def decorate(run: Callable[..., int]) -> click.Command:
+        @functools.wraps(run)
+        def command(url: str, endpoint: str | None, token: str | None, **kwargs: Any) -> int:
+            import requests
+
+            from .errors import AsyncTaskError
+
+            try:
+                with _client(url, token, endpoint) as client:
+                    return run(client, **kwargs)
+            except (AsyncTaskError, requests.RequestException, ValueError) as exc:
+                print(f"asynctask {name}: {exc}", file=sys.stderr)
+                return EXIT_REQUEST
+
+        command = click.option("--token", default=None, envvar="ASYNCTASK_API_TOKEN", show_envvar=True,
+                               help="API token sent as a bearer token.")(command)
+        command = click.option("--endpoint", default=None,
+                               help="Path of the task's routes under URL (default: URL's own path, else /api).")(command)
+        command = click.argument("url")(command)
+        return cli.command(name, help=run.__doc__ or summary, short_help=summary, epilog=EPILOG)(command)
+
+    return decorate
+
+
+# -- the commands -------------------------------------------------------------------------------
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+def cli() -> None:
+    """Serve and use asynctask services.
+
+    URL is the service's base URL (http://127.0.0.1:8000, the task at /api) or the task
+    endpoint's own URL (http://127.0.0.1:8000/jobs).
+    """
+
+
+@cli.command("serve", epilog=EPILOG)
+@click.argument("target", metavar="MODULE:OBJ")
+@click.option("--bind", "-b", default="127.0.0.1:8000", show_default=True, help="Address to listen on.")
+@click.option("--workers", "-w", type=click.IntRange(min=1), default=1, show_default=True,
+              help="gunicorn worker processes.")
+@click.option("--endpoint", default="/api", show_default=True, help="Where an AsyncTask's routes go.")
+@click.option("--preload", is_flag=True, help="Load the app before forking workers.")
+@click.option("--grace", type=float, default=None,
+              help="Seconds running tasks get on SIGTERM before they are released (20).")
+@click.option("--no-worker", is_flag=True, help="Serve the HTTP API only; run no task here.")
+def serve_command(target: str, bind: str, workers: int, endpoint: str, preload: bool, grace: float | None,
+                  no_worker: bool) -> int:
+    """Run MODULE:OBJ (an AsyncTask instance or a Flask app) under gunicorn."""
+    from .serving import serve
+
+    serve(target, bind=bind, workers=workers, endpoint=endpoint, preload=preload, grace=grace,
+          worker=not no_worker)
+    return 0
+
+
+@cli.command("worker", epilog=EPILOG)
+@click.argument("targets", metavar="MODULE:OBJ...", nargs=-1, required=True)
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="Tasks run at once (default: each task's max_worker).")
+@click.option("--grace", type=click.FloatRange(min=0), default=20.0, show_default=True,
+              help="Seconds running tasks get on SIGTERM before they are released.")
+def worker_command(targets: tuple[str, ...], concurrency: int | None, grace: float) -> int:
+    """Run the queued tasks of each MODULE:OBJ (an AsyncTask), without an HTTP API."""
+    from .worker import run_worker
+
+    return run_worker(list(targets), concurrency=concurrency or None, grace=grace)
+
+
+@_client_command("submit", "Submit a task; prints its id.")
+@click.argument("params", metavar="[KEY=VALUE]...", nargs=-1)
+@click.option("--priority", type=click.IntRange(-100, 100), default=None,
+              help="-100 to 100 (default 0); higher runs first.")
+@click.option("--delay", type=float, default=None, help="Run it no sooner than this many seconds from now.")
+@click.option("--run-at", default=None, help="Run it no sooner than this ISO 8601 time, with a time zone.")
+def submit(client: Client, params: tuple[str, ...], priority: int | None, delay: float | None,
+           run_at: str | None) -> int:
+    """Submit a task; prints its id.
+
+    Each KEY=VALUE is a param; VALUE is JSON when it parses (top=3, tags='["a"]'), else text.
+    """
+    from .errors import InvalidParams
+    from .validation import queue_options
+
     try:
-        params = parse_params(args.params)
+        values = parse_params(params)
     except ValueError as exc:
-        print(f"asynctask submit: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    with _client(args) as client:
-        print(client.submit(**params))
+        raise click.BadParameter(str(exc), param_hint="KEY=VALUE") from None
+    try:  # a usage error (exit 2), not a refused request: the service would refuse them anyway
+        queue_options(priority, delay, run_at)
+    except InvalidParams as exc:
+        raise click.UsageError(str(exc)) from None
+    print(client.enqueue(values, priority=priority, delay=delay, run_at=run_at))
     return 0
 
 
-def _status(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        _print_json(client.get(args.task_id))
+@_client_command("status", "Print a task's view as JSON.")
+@click.argument("task_id")
+def status(client: Client, task_id: str) -> int:
+    _print_json(client.get(task_id))
     return 0
 
 
-def _wait(args: argparse.Namespace) -> int:
+@_client_command("wait", "Wait for a task and print its result as JSON.")
+@click.argument("task_id")
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds (exit 2).")
+def wait(client: Client, task_id: str, timeout: float | None) -> int:
     from .errors import TaskCancelled, TaskFailed
 
     shown = sys.stderr.isatty()
@@ -128,8 +208,7 @@ def _wait(args: argparse.Namespace) -> int:
         sys.stderr.flush()
 
     try:
-        with _client(args) as client:
-            result = client.wait(args.task_id, args.timeout, on_update=show if shown else None)
+        result = client.wait(task_id, timeout, on_update=show if shown else None)
     except TaskFailed as exc:
         code, message = EXIT_FAILED, exc.error or str(exc)
     except TaskCancelled as exc:
@@ -150,81 +229,38 @@ def _wait(args: argparse.Namespace) -> int:
     return code
 
 
-def _cancel(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        _print_json(client.cancel(args.task_id))
+@_client_command("cancel", "Cancel a queued or running task.")
+@click.argument("task_id")
+def cancel(client: Client, task_id: str) -> int:
+    _print_json(client.cancel(task_id))
     return 0
 
 
-def _list(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        _print_json(client.list(args.status, limit=args.limit, skip=args.skip))
+@_client_command("list", "List tasks, newest first, as JSON.")
+@click.option("--status", "status_", default=None, help="Only tasks with this status.")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--skip", type=int, default=0, show_default=True)
+def list_tasks(client: Client, status_: str | None, limit: int, skip: int) -> int:
+    _print_json(client.list(status_, limit=limit, skip=skip))
     return 0
-
-
-def _client_parser(commands: Any, name: str, summary: str,
-                   run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-    """A subcommand that talks to a running service at URL."""
-    command = commands.add_parser(name, help=summary)
-    command.add_argument("url", help="the service's base URL, e.g. http://127.0.0.1:8000")
-    command.add_argument("--endpoint", default="/api", help="where the task's routes are (/api)")
-    command.add_argument("--token", default=None, help="API token (default: $ASYNCTASK_API_TOKEN)")
-    command.set_defaults(handler=_request_command(run))
-    return command
-
-
-def parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    root = argparse.ArgumentParser(
-        prog="asynctask", description="Serve and use asynctask services.",
-        epilog="exit codes: 0 done; 1 task failed or cancelled (wait); 2 timeout (wait) or usage "
-               "error; 3 request refused or service unreachable",
-    )
-    commands = root.add_subparsers(dest="command", required=True)
-
-    serve = commands.add_parser("serve", help="run MODULE:OBJ under gunicorn")
-    serve.add_argument("target", help="MODULE:OBJ, an AsyncTask instance or a Flask app")
-    serve.add_argument("--bind", "-b", default="127.0.0.1:8000")
-    serve.add_argument("--workers", "-w", type=int, default=1)
-    serve.add_argument("--endpoint", default="/api", help="where an AsyncTask's routes go")
-    serve.add_argument("--preload", action="store_true", help="load the app before forking workers")
-    serve.add_argument("--grace", type=float, default=None,
-                       help="seconds running tasks get on SIGTERM before they are released (20)")
-    serve.set_defaults(handler=_serve)
-
-    submit = _client_parser(commands, "submit", "submit a task; prints its id", _submit)
-    submit.add_argument("params", nargs="*", metavar="KEY=VALUE",
-                        help="a param; VALUE is JSON when it parses (top=3, tags='[\"a\"]'), else text")
-    status = _client_parser(commands, "status", "print a task's view as JSON", _status)
-    status.add_argument("task_id")
-    wait = _client_parser(commands, "wait", "wait for a task and print its result as JSON", _wait)
-    wait.add_argument("task_id")
-    wait.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 2)")
-    cancel = _client_parser(commands, "cancel", "cancel a queued or running task", _cancel)
-    cancel.add_argument("task_id")
-    tasks = _client_parser(commands, "list", "list tasks, newest first, as JSON", _list)
-    tasks.add_argument("--status", default=None, help="only tasks with this status")
-    tasks.add_argument("--limit", type=int, default=50)
-    tasks.add_argument("--skip", type=int, default=0)
-    return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `asynctask` command."""
-    root = parser()
-    args, extra = root.parse_known_args(argv)
-    # argparse ends a `*` positional at the first option, so `submit URL --token T k=v` leaves
-    # `k=v` over; such pairs are params too.
-    if extra and (args.command != "submit" or any(arg.startswith("-") for arg in extra)):
-        root.error(f"unrecognized arguments: {' '.join(extra)}")
-    if extra:
-        args.params = [*args.params, *extra]
+    """Entry point of the `asynctask` command; returns the exit code."""
     try:
-        return args.handler(args)
+        code = cli.main(args=list(sys.argv[1:] if argv is None else argv), prog_name="asynctask",
+                        standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        print("Aborted!", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # The reader went away (`asynctask status ... | head`): not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,36 +1,48 @@
-"""An HTTP client for an asynctask service (CONTRACT sections 4 and 8).
+"""An HTTP client for an asynctask service.
 
     client = Client("http://127.0.0.1:8000", token=os.environ.get("ASYNCTASK_API_TOKEN"))
     task_id = client.submit(text="to be or not to be", top=2)
+    later = client.enqueue({"text": "to be", "top": 1}, priority=10, delay=60)
     result = client.wait(task_id, timeout=60)
 
-Errors: an answer in the error envelope becomes an exception carrying `.status_code` and
-`.error_data`, its message being the server's `error_msg`:
+Errors: every error the client raises for an answer is a `ClientError` carrying
+`.status_code` and `.error_data`, its message being the server's `error_msg`:
 
 | HTTP | exception |
 | --- | --- |
-| 400 | `InvalidParams` (the class the service itself raises for bad params) |
-| 401 | `Unauthorized` (a `ClientError`) |
-| 404 | `TaskNotFound` (a `LookupError`, as with a local `AsyncTask`) |
+| 400 | `RemoteInvalidParams`: also an `InvalidParams`, the class the service raises for bad params |
+| 401 | `AuthenticationFailed` (`Unauthorized` is its deprecated old name) |
+| 404 | `RemoteTaskNotFound`: also a `TaskNotFound` (a `LookupError`, as with a local `AsyncTask`) |
 | other 4xx/5xx, or an answer that is not an envelope | `ClientError` |
+| 200, the task ended failed or cancelled (`wait`) | `TaskFailed`, `TaskCancelled` |
 
-A task id that is not valid (CONTRACT section 4) raises `InvalidTaskId` before any request,
-so no id can steer a request, and its token, to another path. Network failures propagate as
-the exceptions of `requests` (`requests.ConnectionError`, `requests.Timeout`, ...).
+A task id that is not valid (1-128 of A-Z a-z 0-9 _ . : -, not "." or "..") raises
+`InvalidTaskId` before any request, so no id can steer a request, and its token, to another
+path; queue options that are not valid raise `InvalidParams` before any request too. Network
+failures propagate as the exceptions of `requests` (`requests.ConnectionError`, ...).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from .errors import ClientError, InvalidParams, TaskCancelled, TaskFailed, TaskNotFound, Unauthorized
-from .validation import check_task_id
+from .errors import (
+    AuthenticationFailed,
+    ClientError,
+    RemoteInvalidParams,
+    RemoteTaskNotFound,
+    TaskCancelled,
+    TaskFailed,
+)
+from .validation import check_task_id, queue_options
 
-#: The longest long-poll the service grants (CONTRACT section 8).
+#: The longest long-poll the service grants.
 MAX_WAIT = 60
 #: Shortest time between two polls, so a service that ignores `?wait=` is not flooded.
 MIN_POLL_INTERVAL = 0.2
@@ -38,25 +50,47 @@ MIN_POLL_INTERVAL = 0.2
 DEADLINE_SLACK = 0.2
 #: The longest long-poll while `on_update` watches: the service answers early only when a task ends.
 UPDATE_INTERVAL = 1
+#: Where a task's routes are when neither the URL nor `endpoint=` says.
+DEFAULT_ENDPOINT = "/api"
 
-_ERRORS: dict[int, type[Exception]] = {400: InvalidParams, 401: Unauthorized, 404: TaskNotFound}
+_ERRORS: dict[int, type[ClientError]] = {
+    400: RemoteInvalidParams, 401: AuthenticationFailed, 404: RemoteTaskNotFound,
+}
+
+
+def split_url(url: str, endpoint: str | None = None) -> tuple[str, str]:
+    """(base URL, task endpoint URL) of a service, from its base URL or its endpoint's own URL.
+
+    With `endpoint`, `url` is the base URL and the routes are at `url + endpoint`. Without,
+    a URL with a path is the endpoint's own URL (`http://host:8000/api`), and one without
+    (`http://host:8000`) is the base URL of a task served at `/api`.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"url must be the URL of an asynctask service, not {url!r}")
+    url = url.strip().rstrip("/")
+    if endpoint is not None:
+        path = endpoint.strip("/")
+        return url, f"{url}/{path}" if path else url
+    parts = urlsplit(url)
+    if parts.path.strip("/"):
+        return urlunsplit((parts.scheme, parts.netloc, "", "", "")), url
+    return url, url + DEFAULT_ENDPOINT
 
 
 class Client:
     """Submits, watches, cancels and lists the tasks of one asynctask service.
 
     Args:
-        base_url: where the service runs, e.g. "http://127.0.0.1:8000".
+        url: the service's base URL ("http://127.0.0.1:8000", the task at /api) or the task
+            endpoint's own URL ("http://127.0.0.1:8000/jobs"); a trailing slash is ignored.
         token: sent as `Authorization: Bearer <token>` when given (and not empty).
-        endpoint: the path the task's routes are served at.
+        endpoint: the path the task's routes are served at, under `url` taken as the base URL.
         timeout: seconds to connect and to wait for an ordinary answer.
     """
 
-    def __init__(self, base_url: str, token: str | None = None, *, endpoint: str = "/api",
+    def __init__(self, url: str, token: str | None = None, *, endpoint: str | None = None,
                  timeout: float = 30.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        path = endpoint.strip("/")
-        self.url = f"{self.base_url}/{path}" if path else self.base_url
+        self.base_url, self.url = split_url(url, endpoint)
         self.timeout = timeout
         self.session = requests.Session()
         if token:
@@ -64,7 +98,28 @@ class Client:
 
     def submit(self, **params: Any) -> str:
         """Submit a task with `params` (or re-run one with `task_id=`); returns its id."""
-        return self._request("POST", self.url, json={"data": params})["task_id"]
+        return self.enqueue(params)
+
+    def enqueue(self, params: Mapping[str, Any], *, priority: int | None = None,
+                delay: float | timedelta | None = None, run_at: datetime | str | None = None) -> str:
+        """Submit a task with `params` and queue options; returns its id.
+
+        `priority` (-100 to 100, default 0) runs it before tasks of lower priority; `delay`
+        (seconds or a timedelta) or `run_at` (an aware datetime or an ISO 8601 string with a
+        time zone) holds it until then. Options that are not valid raise `InvalidParams`
+        before any request.
+        """
+        if not isinstance(params, Mapping):
+            raise TypeError(f"params must be a mapping, not {type(params).__name__}")
+        queue_options(priority, delay, run_at)
+        body: dict[str, Any] = {"data": dict(params)}
+        if priority is not None:
+            body["priority"] = priority
+        if delay is not None:
+            body["delay"] = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        if run_at is not None:
+            body["run_at"] = run_at.isoformat() if isinstance(run_at, datetime) else run_at
+        return self._request("POST", self.url, json=body)["task_id"]
 
     def get(self, task_id: str) -> dict[str, Any]:
         """The task's public view: status, result, error, progress, times."""
@@ -163,9 +218,4 @@ class Client:
         if response.ok:
             message = f"not an asynctask answer from {method} {url}: {message}"
         error_data = body.get("error_data") or []
-        cls = _ERRORS.get(response.status_code, ClientError)
-        if issubclass(cls, ClientError):
-            raise cls(message, response.status_code, error_data)
-        error = cls(message)
-        error.status_code, error.error_data = response.status_code, error_data  # type: ignore[attr-defined]
-        raise error
+        raise _ERRORS.get(response.status_code, ClientError)(message, response.status_code, error_data)

@@ -2,10 +2,15 @@
 
 The MongoDB client is created on first use in each process, never at import time, so that
 gunicorn `--preload` forks no client and no monitor thread (pymongo is not fork-safe).
+
+The in-memory store lives in one process: under several gunicorn workers each would keep
+tasks of its own, and a request landing on another worker than the one that took the task
+answers 404. A worker that uses it says so in a warning (see `serving_workers`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any
@@ -15,6 +20,15 @@ from .memory import MemoryCollection
 ENV_URI = "ASYNCTASK_MONGO_URI"
 ENV_DB = "ASYNCTASK_MONGO_DB"
 ENV_COLLECTION = "ASYNCTASK_MONGO_COLLECTION"
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+#: Whether `default_collection()` gave this process an in-memory store.
+_memory_made = False
+#: How many workers the gunicorn server this process is a worker of runs; 0 outside one.
+_workers = 0
+_warned = False
 
 
 class LazyMongoCollection:
@@ -59,11 +73,38 @@ class LazyMongoCollection:
 
 def default_collection() -> Any:
     """The collection named by the environment, or a new in-memory one when none is set."""
+    global _memory_made
     uri = os.environ.get(ENV_URI)
     if not uri:
+        with _lock:
+            _memory_made = True
+        _warn_if_not_shared()
         return MemoryCollection()
     return LazyMongoCollection(
         uri,
         os.environ.get(ENV_DB) or "asynctask",
         os.environ.get(ENV_COLLECTION) or "tasks",
+    )
+
+
+def serving_workers(workers: int) -> None:
+    """Note, in a gunicorn worker (asynctask.serving's `post_worker_init`), how many workers
+    the server runs: with more than one, an in-memory default store is not shared, and a
+    warning says so (once per worker)."""
+    global _workers
+    with _lock:
+        _workers = workers
+    _warn_if_not_shared()
+
+
+def _warn_if_not_shared() -> None:
+    global _warned
+    with _lock:
+        if not _memory_made or _workers <= 1 or _warned:
+            return
+        _warned = True
+    logger.warning(
+        "worker %d keeps tasks in memory, not shared with the other %d gunicorn workers: a request "
+        "reaching another worker than the one holding its task answers 404. Set %s to a MongoDB "
+        "URI to share tasks, or serve with one worker.", os.getpid(), _workers - 1, ENV_URI,
     )

@@ -51,35 +51,12 @@ class ShuttingDown(AsyncTaskError, RuntimeError):
     http_status = 503
 
 
-class TaskFailed(AsyncTaskError):
-    """Raised by Client.wait when the task ended failed; .error holds the server's error text."""
-
-    def __init__(self, task_id: str, error: str, view: dict | None = None) -> None:
-        lines = [line for line in (error or "").splitlines() if line.strip()]
-        super().__init__(f"task {task_id} failed: {lines[-1].strip() if lines else 'no error text'}")
-        self.task_id = task_id
-        self.error = error
-        self.view = view
-
-    # Exceptions pickle only their args; keep every field when one crosses a process boundary.
-    def __reduce__(self) -> tuple:
-        return type(self), (self.task_id, self.error, self.view)
-
-
-class TaskCancelled(AsyncTaskError):
-    """Raised by Client.wait when the task ended cancelled."""
-
-    def __init__(self, task_id: str, view: dict | None = None) -> None:
-        super().__init__(f"task {task_id} was cancelled")
-        self.task_id = task_id
-        self.view = view
-
-    def __reduce__(self) -> tuple:
-        return type(self), (self.task_id, self.view)
-
-
 class ClientError(AsyncTaskError):
-    """Raised when a service answers a Client request with an HTTP error; .status_code holds it."""
+    """Base of the errors a Client raises; .status_code holds the HTTP status of the answer.
+
+    An answer in the error envelope is a `ClientError` (or, for 400 and 404, `InvalidParams`
+    and `TaskNotFound`, the classes the service itself raises).
+    """
 
     def __init__(self, message: str, status_code: int, error_data: list | None = None) -> None:
         super().__init__(message)
@@ -90,5 +67,54 @@ class ClientError(AsyncTaskError):
         return type(self), (self.args[0], self.status_code, self.error_data)
 
 
-class Unauthorized(ClientError):
+class TaskFailed(ClientError):
+    """Raised by Client.wait when the task ended failed; .error holds the server's error text.
+
+    Its `.status_code` is 200: the service answered, with the view of a failed task.
+    """
+
+    def __init__(self, task_id: str, error: str, view: dict | None = None) -> None:
+        lines = [line for line in (error or "").splitlines() if line.strip()]
+        super().__init__(f"task {task_id} failed: {lines[-1].strip() if lines else 'no error text'}", 200)
+        self.task_id = task_id
+        self.error = error
+        self.view = view
+
+    # Exceptions pickle only their args; keep every field when one crosses a process boundary.
+    def __reduce__(self) -> tuple:
+        return type(self), (self.task_id, self.error, self.view)
+
+
+class TaskCancelled(ClientError):
+    """Raised by Client.wait when the task ended cancelled (`.status_code` 200, as for `TaskFailed`)."""
+
+    def __init__(self, task_id: str, view: dict | None = None) -> None:
+        super().__init__(f"task {task_id} was cancelled", 200)
+        self.task_id = task_id
+        self.view = view
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.task_id, self.view)
+
+
+class AuthenticationFailed(ClientError):
     """Raised when a service refuses a Client request for a missing or wrong token (HTTP 401)."""
+
+
+#: The former name of `AuthenticationFailed` (deprecated; kept so that old imports work).
+Unauthorized = AuthenticationFailed
+
+
+class RemoteInvalidParams(ClientError, InvalidParams):
+    """Raised by a Client when the service refuses a request as bad input (HTTP 400).
+
+    Both a `ClientError` and an `InvalidParams`, the class the service itself raises.
+    """
+
+
+class RemoteTaskNotFound(ClientError, TaskNotFound):
+    """Raised by a Client when the service knows no such task (HTTP 404); also a `TaskNotFound`."""
+
+
+class TaskIdTaken(InvalidTransition):
+    """Raised when a task id is already used by a task of another type in the same collection."""

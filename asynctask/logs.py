@@ -1,8 +1,15 @@
-"""One rotating log file per task, `logger_dir/<task_id>.log` (CONTRACT section 5).
+"""One rotating log file per task, `logger_dir/<task_id>.log`.
 
 A task's handlers are opened when an attempt starts and closed when it ends, counted per task
 so that two attempts of one task in one process share them. The upstream tool cached a
 handler per task forever and leaked a file descriptor with each one.
+
+A task's logger is a `TaskLogger` of its own, never a logger something else uses. While an
+attempt runs it is registered under the task id, so `logging.getLogger(task_id)` inside `main`
+reaches it, unless that name already belongs to another logger of the process (`root`,
+`asynctask.task`, `werkzeug`, a parent of existing loggers...): that logger is left exactly as
+it is, and the task logs through a private logger that `logging` does not know by name. When
+the attempt ends the task's logger leaves the registry again.
 """
 
 from __future__ import annotations
@@ -28,7 +35,17 @@ MAX_BYTES = 10 * 1024 * 1024
 BACKUP_COUNT = 10
 
 _lock = threading.Lock()
-_open: dict[str, tuple[int, list[logging.Handler]]] = {}
+#: The loggers of the tasks with an attempt running here: task id -> (attempts, handlers, logger).
+_open: dict[str, tuple[int, list[logging.Handler], logging.Logger]] = {}
+
+
+class TaskLogger(logging.Logger):
+    """A task's logger: level DEBUG, and it does not propagate, so 'a.b' never writes to a's file."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, logging.DEBUG)
+        self.propagate = False
+        self.parent = logging.root
 
 
 def log_path(logger_dir: Path, task_id: str) -> Path:
@@ -37,11 +54,14 @@ def log_path(logger_dir: Path, task_id: str) -> Path:
 
 
 def task_logger(task_id: str) -> logging.Logger:
-    """The logger named `task_id`; it does not propagate, so 'a.b' never writes to a's file."""
-    logger = logging.getLogger(task_id)
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    return logger
+    """The task's logger, named `task_id`: the one its running attempt uses, else a new one.
+
+    It is registered with `logging` (so that `logging.getLogger(task_id)` finds it) only while
+    an attempt has it open (see `opened`), and only if no other logger has that name.
+    """
+    with _lock:
+        entry = _open.get(task_id)
+    return entry[2] if entry is not None else TaskLogger(task_id)
 
 
 def format_exception(exc: BaseException) -> str:
@@ -65,6 +85,113 @@ def _drop_columns(summary: traceback.TracebackException | None, seen: set[int]) 
             frame.colno = frame.end_colno = None
     for nested in (summary.__cause__, summary.__context__, *(getattr(summary, "exceptions", None) or ())):
         _drop_columns(nested, seen)
+
+
+def public_error(exc: BaseException) -> str:
+    """The error text a failed task shows its clients: the traceback of the task's own code.
+
+    Frames of asynctask and of the standard library's `concurrent` and `threading` modules are
+    left out, each file is named relative to the root its module was imported from
+    (`examples/flaky.py`, or just `flaky.py`), never by its path on the server, and chained
+    exceptions stay as `format_exception` shows them (without `^^^` markers). The full
+    traceback belongs in the task's log file.
+    """
+    summary = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    _drop_columns(summary, set())
+    _keep_own_frames(summary, exc, set())
+    return _scrub("".join(summary.format()).rstrip("\n"))
+
+
+def _internal_roots() -> tuple[str, ...]:
+    """The folders and files whose frames are the machinery around `main`, not the task's code."""
+    import concurrent
+
+    roots = [Path(__file__).resolve().parent, Path(concurrent.__file__).resolve().parent]
+    return tuple(f"{root}{os.sep}" for root in roots) + (str(Path(threading.__file__).resolve()),)
+
+
+_INTERNAL = _internal_roots()
+
+
+def _is_internal(filename: str) -> bool:
+    path = os.path.realpath(filename) if os.path.isabs(filename) else filename
+    return path.startswith(_INTERNAL)
+
+
+def _keep_own_frames(summary: traceback.TracebackException | None, exc: BaseException | None,
+                     seen: set[int]) -> None:
+    """Drop internal frames from `summary` (the summary of `exc`) and of the exceptions chained to it."""
+    if summary is None or exc is None or id(summary) in seen:
+        return
+    seen.add(id(summary))
+    frames = [frame for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    kept = traceback.StackSummary()
+    if len(frames) == len(summary.stack):
+        for frame, entry in zip(frames, summary.stack, strict=True):
+            if not _is_internal(entry.filename):
+                entry.filename = _module_relative(entry.filename, frame.f_globals.get("__name__"))
+                kept.append(entry)
+    else:  # not expected; never show a server path all the same
+        kept.extend(entry for entry in summary.stack if not _is_internal(entry.filename))
+        for entry in kept:
+            entry.filename = _module_relative(entry.filename, None)
+    summary.stack = kept
+    _keep_own_frames(summary.__cause__, exc.__cause__, seen)
+    _keep_own_frames(summary.__context__, exc.__context__, seen)
+    for nested, inner in zip(getattr(summary, "exceptions", None) or (), getattr(exc, "exceptions", None) or (),
+                             strict=False):
+        _keep_own_frames(nested, inner, seen)
+
+
+def _module_relative(filename: str, module: Any) -> str:
+    """`filename` relative to the root its module `module` ('pkg.mod') was imported from."""
+    if not os.path.isabs(filename):
+        return filename  # "<string>", "<stdin>", already relative
+    path = Path(filename)
+    if isinstance(module, str) and module and module != "__main__":
+        parts = module.split(".")
+        if path.stem == "__init__":
+            parts.append("__init__")
+        tail = path.parts[-len(parts):]
+        if len(tail) == len(parts) and [*tail[:-1], Path(tail[-1]).stem] == parts:
+            return "/".join(tail)
+    for entry in sorted((p for p in sys.path if p and os.path.isabs(p)), key=len, reverse=True):
+        if filename.startswith(entry.rstrip(os.sep) + os.sep):
+            return Path(os.path.relpath(filename, entry)).as_posix()
+    return path.name
+
+
+#: A frame line of a traceback that reached us as text (a child process's, in `RemoteTraceback`).
+_FRAME_LINE = re.compile(r'^(?P<indent>\s*)File "(?P<file>[^"]+)", line (?P<rest>.*)$')
+#: A line of Python 3.11's `^^^`/`~~~` column markers under a frame's source line.
+_MARKERS = re.compile(r"^\s*[~^]+\s*$")
+
+
+def _scrub(text: str) -> str:
+    """Frames written out in exception messages (a child process's traceback, sent back as text):
+    internal ones dropped, paths made relative, column markers removed."""
+    out: list[str] = []
+    lines = [line for line in text.split("\n") if not _MARKERS.match(line)]
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        match = _FRAME_LINE.match(line)
+        index += 1
+        if match is None or not os.path.isabs(match["file"]):
+            out.append(line)
+            continue
+        # The frame's source line, if any, is indented deeper than its "File" line.
+        source = None
+        if index < len(lines) and not _FRAME_LINE.match(lines[index]) and \
+                lines[index].startswith(match["indent"] + " ") and lines[index].strip():
+            source = lines[index]
+            index += 1
+        if _is_internal(match["file"]):
+            continue
+        out.append(f'{match["indent"]}File "{_module_relative(match["file"], None)}", line {match["rest"]}')
+        if source is not None:
+            out.append(source)
+    return "\n".join(out)
 
 
 class _TaskFormatter(logging.Formatter):
@@ -99,43 +226,66 @@ def _handlers(logger_dir: Path, task_id: str, trace_id: str | None) -> list[logg
 def opened(
     logger: logging.Logger, logger_dir: Path, task_id: str, trace_id: str | None = None
 ) -> Iterator[logging.Logger]:
-    """Attach the task's file (and console) handlers to `logger` for the duration of an attempt."""
+    """Attach the task's file (and console) handlers to `logger` for the duration of an attempt.
+
+    A `TaskLogger` from `task_logger` is also registered under the task id meanwhile, if that
+    name is free; a logger of another kind (from an overridden `get_logger`) only gets the
+    handlers, and is otherwise left as it is.
+    """
     with _lock:
-        count, handlers = _open.get(task_id, (0, []))
+        count, handlers, used = _open.get(task_id, (0, [], logger))
         if count == 0:
             handlers = _handlers(logger_dir, task_id, trace_id)
             for handler in handlers:
                 logger.addHandler(handler)
-        _open[task_id] = (count + 1, handlers)
+            if isinstance(logger, TaskLogger) and logger.name == task_id:
+                _register(logger)
+        elif not isinstance(logger, TaskLogger):
+            used = logger  # an overridden `get_logger`'s logger is used as given
+        _open[task_id] = (count + 1, handlers, used)
     try:
-        yield logger
+        yield used
     finally:
         with _lock:
-            count, handlers = _open.pop(task_id)
+            count, handlers, used = _open.pop(task_id)
             if count > 1:
-                _open[task_id] = (count - 1, handlers)
+                _open[task_id] = (count - 1, handlers, used)
             else:
                 for handler in handlers:
-                    logger.removeHandler(handler)
+                    used.removeHandler(handler)
                     handler.close()
-                _forget(logger)
+                if isinstance(used, TaskLogger):
+                    _forget(used)
 
 
-def _forget(logger: logging.Logger) -> None:
-    """Drop a finished task's logger, and the placeholders its dotted name made, from logging's
-    registry, which otherwise keeps every logger forever."""
-    registry = logging.Logger.manager.loggerDict
+def _register(logger: TaskLogger) -> None:
+    """Register `logger` under its name, unless something has that name: a logger, a placeholder
+    for existing loggers below it, or the root logger (`logging.getLogger("root")`)."""
+    manager = logging.Logger.manager
     with logging._lock:  # type: ignore[attr-defined]  # the registry's own lock
-        if registry.get(logger.name) is not logger:
+        if logger.name == logging.root.name or logger.name in manager.loggerDict:
             return
-        del registry[logger.name]
-        parts = logger.name.split(".")
-        for end in range(len(parts) - 1, 0, -1):
-            holder = registry.get(".".join(parts[:end]))
-            if isinstance(holder, logging.PlaceHolder):
-                holder.loggerMap.pop(logger, None)
-                if not holder.loggerMap:
-                    del registry[".".join(parts[:end])]
+        manager.loggerDict[logger.name] = logger
+
+
+def _forget(logger: TaskLogger) -> None:
+    """Take a finished task's logger out of logging's registry, which otherwise keeps every
+    logger forever. Loggers made below it meanwhile ('id.part') get the parent they would have
+    had without it, and the task logger itself goes back to a plain logger's settings, in case
+    code other than the task kept it."""
+    manager = logging.Logger.manager
+    with logging._lock:  # type: ignore[attr-defined]
+        registry = manager.loggerDict
+        if registry.get(logger.name) is logger:
+            del registry[logger.name]
+            children = [
+                child for child in list(registry.values())
+                if isinstance(child, logging.Logger) and child.parent is logger
+            ]
+            for child in children:
+                manager._fixupParents(child)  # type: ignore[attr-defined]
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
 
 
 #: A task's log file or one of its rotated parts: `<task_id>.log` or `<task_id>.log.<n>`.

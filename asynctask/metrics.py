@@ -8,6 +8,9 @@ up, and gunicorn's `child_exit` hook calls `mark_process_dead(pid)`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,6 +22,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from . import signals
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -39,6 +44,10 @@ TASKS_IN_FLIGHT = Gauge(
 HTTP_REQUESTS = Counter(
     "asynctask_http_requests", "HTTP requests answered.", ["method", "route", "code"]
 )
+
+
+QUEUE_DEPTH_HELP = "Tasks due and waiting in the queue, per task type (read from the database at scrape)."
+OLDEST_DUE_HELP = "Seconds the oldest due task of each type has waited (0 when none waits)."
 
 
 def submitted(task_name: str) -> None:
@@ -74,14 +83,52 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
 
-def render() -> tuple[bytes, str]:
-    """The metrics in Prometheus text format, and its content type."""
+def render(tasks: Iterable[Any] = ()) -> tuple[bytes, str]:
+    """The metrics in Prometheus text format, and its content type.
+
+    The queue depth and the age of the oldest due task of each of `tasks` are read from the
+    database now, so every process answers the same figures.
+    """
     if multiprocess_dir():
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    queue = CollectorRegistry()
+    depth = Gauge("asynctask_queue_depth", QUEUE_DEPTH_HELP, ["task"], registry=queue)
+    oldest = Gauge("asynctask_queue_oldest_due_seconds", OLDEST_DUE_HELP, ["task"], registry=queue)
+    now = datetime.now(timezone.utc)
+    for task in tasks:
+        count, since = task._store.queue_depth(now)
+        depth.labels(task=task.name).set(count)
+        oldest.labels(task=task.name).set(max((now - since).total_seconds(), 0.0) if since else 0.0)
+    return generate_latest(registry) + generate_latest(queue), CONTENT_TYPE_LATEST
+
+
+def _on_submitted(sender: Any, **_: Any) -> None:
+    submitted(sender.name)
+
+
+def _on_started(sender: Any, **_: Any) -> None:
+    started(sender.name)
+
+
+def _on_ended(sender: Any, *, attempt: Any, seconds: float, **_: Any) -> None:
+    if attempt.outcome is not None:
+        finished(sender.name, attempt.outcome, seconds)
+    else:
+        stopped(sender.name)
+
+
+def _on_finished(sender: Any, *, status: str, count: int = 1, **_: Any) -> None:
+    for _ in range(count):
+        finished(sender.name, status, None)
+
+
+signals.task_submitted.connect(_on_submitted)
+signals.attempt_started.connect(_on_started)
+signals.attempt_ended.connect(_on_ended)
+signals.task_finished.connect(_on_finished)
 
 
 def mark_process_dead(pid: int) -> None:

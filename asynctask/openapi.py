@@ -1,174 +1,48 @@
-"""The OpenAPI 3.0.3 document of a task's HTTP API (CONTRACT sections 4 and 8).
+"""The OpenAPI 3.1 document of a task service's HTTP API.
 
-The body of `POST {endpoint}` is described from `main`'s signature: each keyword param is a
-property of `data`, typed from its annotation, with its default when JSON can carry it.
-`openapi_document` describes an app serving several task types (`init_app`, blueprints).
+The params of a new task (`data` in the body of `POST {endpoint}`) are described by the JSON
+Schema of the very pydantic model the server checks them with (`Signature.json_schema`), so
+the document and the server agree on what is taken. `openapi_document` describes an app
+serving several task types (`init_app`, blueprints).
 """
 
 from __future__ import annotations
 
-import collections.abc
-import enum
-import inspect
-import json
-import types
-import typing
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .status import TaskStatus
-from .validation import Signature
+from .validation import MAX_PRIORITY, MIN_PRIORITY, Signature
 
 if TYPE_CHECKING:
     from .task import AsyncTask
 
-#: The task id as a JSON Schema pattern (CONTRACT section 4; '.' and '..' are refused too).
+OPENAPI_VERSION = "3.1.0"
+#: The task id as a JSON Schema pattern ('.' and '..' are refused too).
 TASK_ID_PATTERN = "^[A-Za-z0-9_.:-]{1,128}$"
 STATUSES = [status.value for status in TaskStatus]
+#: Longest window of `GET {endpoint}/stats`, in minutes.
+MAX_STATS_MINUTES = 1440
+#: Largest `skip` of the list.
+MAX_SKIP = 2**31 - 1
 
-_PRIMITIVES: dict[Any, str] = {str: "string", bool: "boolean", int: "integer", float: "number"}
-_UNIONS = {typing.Union} | ({types.UnionType} if hasattr(types, "UnionType") else set())
-_ARRAYS = {
-    list, tuple, set, frozenset,
-    collections.abc.Sequence, collections.abc.MutableSequence,
-    collections.abc.Set, collections.abc.MutableSet, collections.abc.Collection, collections.abc.Iterable,
-}
-_OBJECTS = {dict, collections.abc.Mapping, collections.abc.MutableMapping}
-_JSON_TYPES: dict[str, Any] = {
-    "string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict,
-}
+_DEFS_REF = "#/$defs/"
+_COMPONENT_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
-# -- Python annotations as schemas -----------------------------------------------------------
+# -- the params of a new task --------------------------------------------------------------------
 
-def schema_for(annotation: Any) -> dict[str, Any]:
-    """The OpenAPI 3.0 schema of the JSON values an annotation allows; {} allows anything."""
-    if annotation is inspect.Parameter.empty or annotation is Any or isinstance(annotation, str):
-        return {}
-    if annotation is None or annotation is type(None):
-        return {"nullable": True, "enum": [None]}
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Annotated:
-        return schema_for(args[0])
-    if origin in _UNIONS:
-        return _union(args)
-    if origin is typing.Literal:
-        return _enum(args)
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return _enum(tuple(annotation))
-    if annotation in _PRIMITIVES:
-        return {"type": _PRIMITIVES[annotation]}
-    base = origin or annotation
-    if base in _ARRAYS:
-        return _array(base, args)
-    if base in _OBJECTS:
-        return _object(args)
-    return {}
-
-
-def _union(args: tuple[Any, ...]) -> dict[str, Any]:
-    members = [arg for arg in args if arg is not type(None)]
-    schemas = [schema_for(arg) for arg in members]
-    schema = schemas[0] if len(schemas) == 1 else _any_of(schemas)
-    return nullable(schema) if len(members) < len(args) else schema
-
-
-def _any_of(schemas: list[dict[str, Any]]) -> dict[str, Any]:
-    unique = [s for i, s in enumerate(schemas) if s not in schemas[:i]]
-    if any(not s for s in unique):
-        return {}
-    return unique[0] if len(unique) == 1 else {"anyOf": unique}
-
-
-def nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    """`schema` that also allows null (OpenAPI 3.0 has `nullable`, not a null type)."""
-    if not schema:
-        return {}
-    if "anyOf" in schema:
-        return {**schema, "anyOf": [nullable(s) for s in schema["anyOf"]]}
-    result = {**schema, "nullable": True}
-    # 3.0.3: an enum restricts even a nullable value, so null must be one of its values.
-    if "enum" in result and None not in result["enum"]:
-        result["enum"] = [*result["enum"], None]
-    return result
-
-
-def _enum(values: tuple[Any, ...]) -> dict[str, Any]:
-    plain = [v.value if isinstance(v, enum.Enum) else v for v in values]
-    present = [v for v in plain if v is not None]
-    kinds = {_PRIMITIVES.get(type(v)) for v in present}
-    schema: dict[str, Any] = {"enum": present}
-    if len(kinds) == 1 and None not in kinds:
-        schema["type"] = kinds.pop()
-    return nullable(schema) if len(present) < len(plain) else schema
-
-
-def _array(base: Any, args: tuple[Any, ...]) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "array", "items": {}}
-    if base is tuple and args and args[-1] is not Ellipsis:
-        fixed = [a for a in args if a != ()]
-        schema.update(minItems=len(fixed), maxItems=len(fixed))
-        if fixed:
-            schema["items"] = _any_of([schema_for(a) for a in fixed])
-    elif args:
-        schema["items"] = schema_for(args[0])
-    if base in (set, frozenset, collections.abc.Set, collections.abc.MutableSet):
-        schema["uniqueItems"] = True
-    return schema
-
-
-def _object(args: tuple[Any, ...]) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "object"}
-    values = schema_for(args[1]) if len(args) == 2 else {}
-    if values:
-        schema["additionalProperties"] = values
-    return schema
-
-
-def _hints(main: Any, parameters: dict[str, inspect.Parameter]) -> dict[str, Any]:
-    """`main`'s annotations, resolved; a name that cannot be resolved only loses its own type."""
-    try:
-        return typing.get_type_hints(main, include_extras=True)
-    except Exception:  # noqa: BLE001 - user annotations may name anything
-        pass
-    namespace = getattr(main, "__globals__", {})
-    hints = {}
-    for name, param in parameters.items():
-        annotation = param.annotation
-        if isinstance(annotation, str):
-            try:
-                annotation = eval(annotation, dict(namespace))  # noqa: S307 - the module's own annotation
-            except Exception:  # noqa: BLE001
-                annotation = inspect.Parameter.empty
-        hints[name] = annotation
-    return hints
-
-
-def _json_value(value: Any) -> tuple[bool, Any]:
-    """(True, value as JSON gives it back) when JSON can carry `value`, else (False, None)."""
-    if isinstance(value, enum.Enum):
-        value = value.value
-    try:
-        return True, json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError, OverflowError, RecursionError):
-        return False, None
+def _signature(task: AsyncTask) -> Signature:
+    return getattr(task, "_signature", None) or Signature(task.main)
 
 
 def params_schema(task: AsyncTask) -> dict[str, Any]:
-    """The schema of the params of a new task (`data` in a POST body), from `main`'s signature."""
-    signature = getattr(task, "_signature", None) or Signature(task.main)
-    hints = _hints(task.main, signature.parameters)
-    properties = {name: _param_schema(param, hints.get(name, param.annotation))
-                  for name, param in signature.parameters.items()}
-    schema: dict[str, Any] = {"type": "object", "properties": properties}
-    if signature.required:
-        schema["required"] = list(signature.required)
-    if signature.var_keyword:
-        # **kwargs takes any name but these two: run() and asynctask pass them itself.
-        schema["not"] = {"anyOf": [{"required": ["task_id"]}, {"required": ["logger"]}]}
-    else:
-        schema["additionalProperties"] = False
-    return schema
+    """The JSON Schema (2020-12) of the params of a new task of `task`'s type, as the server checks them.
+
+    Self-contained: named types are under `$defs`.
+    """
+    return _signature(task).json_schema()
 
 
 def rerun_schema() -> dict[str, Any]:
@@ -184,49 +58,34 @@ def rerun_schema() -> dict[str, Any]:
     }
 
 
-def _param_schema(param: inspect.Parameter, annotation: Any) -> dict[str, Any]:
-    schema = schema_for(annotation)
-    if param.default is param.empty:
-        return schema
-    if param.default is None:
-        schema = nullable(schema)
-    encodable, default = _json_value(param.default)
-    # A default its own annotation does not allow would make the whole document invalid.
-    if encodable and fits(default, schema):
-        schema = {**schema, "default": default}
-    return schema
+def _component_schemas(schema: dict[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`schema` with its `$defs` moved to components named `prefix_Name`, and those components."""
+    defs = schema.pop("$defs", {})
+    names = {name: f"{prefix}_{_COMPONENT_NAME.sub('_', name)}" for name in defs}
+
+    def moved(value: Any) -> Any:
+        if isinstance(value, dict):
+            result = {key: moved(item) for key, item in value.items()}
+            ref = result.get("$ref")
+            if isinstance(ref, str) and ref.startswith(_DEFS_REF) and ref[len(_DEFS_REF):] in names:
+                result["$ref"] = f"#/components/schemas/{names[ref[len(_DEFS_REF):]]}"
+            return result
+        if isinstance(value, list):
+            return [moved(item) for item in value]
+        return value
+
+    return moved(schema), {names[name]: moved(definition) for name, definition in defs.items()}
 
 
-def fits(value: Any, schema: dict[str, Any]) -> bool:
-    """Whether the JSON `value` is allowed by `schema` (one `schema_for` made)."""
-    if value is None:
-        return not schema or bool(schema.get("nullable"))
-    if "anyOf" in schema:
-        return any(fits(value, option) for option in schema["anyOf"])
-    if "enum" in schema and not any(value == v and type(value) is type(v) for v in schema["enum"]):
-        return False
-    kind = schema.get("type")
-    if kind is None:
-        return True
-    if isinstance(value, bool) != (kind == "boolean") or not isinstance(value, _JSON_TYPES[kind]):
-        return False
-    if kind == "array":
-        return (schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", len(value))
-                and all(fits(item, schema["items"]) for item in value))
-    if kind == "object":
-        return all(fits(item, schema.get("additionalProperties", {})) for item in value.values())
-    return True
-
-
-# -- the document ----------------------------------------------------------------------------
+# -- the document --------------------------------------------------------------------------------
 
 def openapi_spec(task: AsyncTask, endpoint: str = "/api", *, title: str | None = None) -> dict[str, Any]:
-    """The OpenAPI 3.0.3 document of `task` served at `endpoint` (as `task.app(endpoint)` does)."""
+    """The OpenAPI 3.1 document of `task` served at `endpoint` (as `task.app(endpoint)` does)."""
     return openapi_document([(task, endpoint)], title=title)
 
 
 def openapi_document(services: Iterable[tuple[AsyncTask, str]], *, title: str | None = None) -> dict[str, Any]:
-    """The OpenAPI 3.0.3 document of one app serving several (task, endpoint) pairs."""
+    """The OpenAPI 3.1 document of one app serving several (task, endpoint) pairs."""
     from . import __version__
 
     services = [(task, _base(endpoint)) for task, endpoint in services]
@@ -234,7 +93,7 @@ def openapi_document(services: Iterable[tuple[AsyncTask, str]], *, title: str | 
         raise ValueError("an OpenAPI document needs at least one (task, endpoint)")
     names = [type(task).__name__ for task, _ in services]
     spec: dict[str, Any] = {
-        "openapi": "3.0.3",
+        "openapi": OPENAPI_VERSION,
         "info": {"title": title or f"{', '.join(dict.fromkeys(names))} task API", "version": __version__},
         "paths": {},
         "components": _shared_components(),
@@ -271,10 +130,14 @@ def _unique(names: list[str]) -> list[str]:
 def _add_task(spec: dict[str, Any], task: AsyncTask, base: str, suffix: str) -> None:
     """Add the routes of one task type at `base`, and the schema of its params."""
     params = f"{suffix}Params"
-    spec["components"]["schemas"][params] = params_schema(task)
+    schema, definitions = _component_schemas(params_schema(task), params)
+    spec["components"]["schemas"].update(definitions)
+    spec["components"]["schemas"][params] = schema
     by_id = [{"$ref": "#/components/parameters/TaskId"}]
-    paths = {
+    paths: dict[str, dict[str, Any]] = {
         base or "/": {"post": _submit_operation(params), "get": _list_operation()},
+        f"{base}/bulk": {"post": _bulk_operation()},
+        f"{base}/stats": {"get": _stats_operation()},
         f"{base}/{{task_id}}": {"parameters": by_id, "get": _show_operation(), "delete": _cancel_operation()},
         f"{base}/{{task_id}}/log": {"parameters": by_id, "get": _log_operation()},
     }
@@ -294,16 +157,43 @@ def _secure(operation: dict[str, Any], secured: bool) -> None:
 
 
 def _service_paths(protected: bool) -> dict[str, Any]:
-    """/ping and /healthz, always open; /metrics and /openapi.json, behind any task's token."""
-    metrics, openapi = _metrics_operation(), _openapi_operation()
-    _secure(metrics, protected)
-    _secure(openapi, protected)
+    """/ping, /healthz and /dashboard (which signs in by itself), open; the rest behind any task's token."""
+    metrics, openapi, workers = _metrics_operation(), _openapi_operation(), _workers_operation()
+    for operation in (metrics, openapi, workers):
+        _secure(operation, protected)
     return {
         "/ping": {"get": _ping_operation()},
         "/healthz": {"get": _healthz_operation()},
         "/metrics": {"get": metrics},
         "/openapi.json": {"get": openapi},
+        "/workers": {"get": workers},
+        "/dashboard": {"get": _dashboard_operation()},
     }
+
+
+# -- schemas ---------------------------------------------------------------------------------------
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` (with one `type`) that also allows null."""
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+def _date_time(nullable: bool = True) -> dict[str, Any]:
+    schema = {"type": "string", "format": "date-time"}
+    return _nullable(schema) if nullable else schema
+
+
+def _count() -> dict[str, Any]:
+    return {"type": "integer", "minimum": 0}
+
+
+def _percentiles() -> dict[str, Any]:
+    seconds = {"type": ["number", "null"], "minimum": 0, "description": "Seconds; null without a sample."}
+    return {"type": "object", "properties": {"p50": seconds, "p95": seconds}}
+
+
+def _by_status() -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": _count()}
 
 
 def _shared_components() -> dict[str, Any]:
@@ -334,10 +224,17 @@ def _shared_components() -> dict[str, Any]:
                 "required": ["tasks", "total", "counts"],
                 "properties": {
                     "tasks": {"type": "array", "items": {"$ref": "#/components/schemas/Task"}},
-                    "total": {"type": "integer", "minimum": 0},
-                    "counts": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+                    "total": _count(),
+                    "counts": _by_status(),
                 },
             },
+            "BulkResult": {
+                "type": "object",
+                "required": ["matched", "changed"],
+                "properties": {"matched": _count(), "changed": _count()},
+            },
+            "Stats": _stats_schema(),
+            "Worker": _worker_schema(),
             "Error": _envelope({}, "error"),
         },
         "parameters": {
@@ -354,36 +251,91 @@ def _shared_components() -> dict[str, Any]:
 
 
 def _task_view() -> dict[str, Any]:
-    """The public view of a task (CONTRACT section 3)."""
+    """The public view of a task."""
     return {
         "type": "object",
         "required": ["task_id", "status"],
         "properties": {
             "task_id": {"type": "string"},
             "status": {"$ref": "#/components/schemas/TaskStatus"},
-            "params": {"type": "object", "nullable": True},
+            "params": {"type": ["object", "null"]},
             "result": {},
-            "error": {"type": "string", "nullable": True},
-            "attempts": {"type": "integer", "nullable": True},
+            "error": {"type": ["string", "null"]},
+            "attempts": {"type": ["integer", "null"]},
+            "priority": {"type": ["integer", "null"], "minimum": MIN_PRIORITY, "maximum": MAX_PRIORITY},
             "created_at": _date_time(),
+            "queued_at": _date_time(),
+            "run_at": {**_date_time(), "description": "When the task is due (held until then)."},
             "started_at": _date_time(),
             "finished_at": _date_time(),
             "update_time": _date_time(),
+            "worker": {"type": ["string", "null"], "description": "The worker running it, or that ran it last."},
             "progress": {
-                "type": "object", "nullable": True,
+                "type": ["object", "null"],
                 "properties": {
                     "percent": {"type": "number"},
-                    "message": {"type": "string", "nullable": True},
+                    "message": {"type": ["string", "null"]},
                 },
             },
             "next_retry_at": _date_time(),
-            "trace_id": {"type": "string", "nullable": True},
+            "trace_id": {"type": ["string", "null"]},
         },
     }
 
 
-def _date_time() -> dict[str, Any]:
-    return {"type": "string", "format": "date-time", "nullable": True}
+def _stats_schema() -> dict[str, Any]:
+    finished = {
+        "type": "object",
+        "description": "Tasks finished, by final status.",
+        "additionalProperties": _count(),
+    }
+    minute = {
+        "type": "object",
+        "required": ["minute", "submitted", "started", "finished"],
+        "properties": {
+            "minute": _date_time(nullable=False),
+            "submitted": _count(),
+            "started": _count(),
+            "finished": finished,
+            "queue_wait": _percentiles(),
+            "run_time": _percentiles(),
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["series", "queue_depth", "running"],
+        "properties": {
+            "type": {"type": "string", "description": "The task type."},
+            "minutes": {"type": "integer", "minimum": 1, "maximum": MAX_STATS_MINUTES},
+            "since": _date_time(nullable=False),
+            "until": _date_time(nullable=False),
+            "series": {"type": "array", "items": minute, "description": "One row per minute, oldest first."},
+            "totals": {"type": "object", "properties": {
+                "submitted": _count(), "started": _count(), "finished": finished,
+            }},
+            "queue_wait": {**_percentiles(), "description": "From due to started, over the window."},
+            "run_time": {**_percentiles(), "description": "From started to finished, over the window."},
+            "queue_depth": {**_count(), "description": "Queued tasks that are due now."},
+            "running": _count(),
+        },
+    }
+
+
+def _worker_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["worker", "host", "pid"],
+        "properties": {
+            "worker": {"type": "string"},
+            "host": {"type": "string"},
+            "pid": {"type": "integer"},
+            "types": {"type": "array", "items": {"type": "string"}, "description": "Task types it runs."},
+            "slots": {"type": ["integer", "null"], "minimum": 0},
+            "running": {"type": ["integer", "null"], "minimum": 0},
+            "started_at": _date_time(),
+            "heartbeat_at": _date_time(),
+        },
+    }
 
 
 def _envelope(data: dict[str, Any], status: str) -> dict[str, Any]:
@@ -406,6 +358,7 @@ _ERRORS = {
     "404": "Unknown task (a re-run of an unknown id, too) or route.",
     "409": "The task has already finished.",
     "413": "The request body is over the size limit.",
+    "415": "The request body is not sent as `Content-Type: application/json`.",
     "500": "Server error; `error_data` holds an error id that is also in the server log.",
     "503": "The database does not answer.",
 }
@@ -432,9 +385,32 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+# -- operations ----------------------------------------------------------------------------------
+
 def _submit_operation(params: str) -> dict[str, Any]:
     data = {"anyOf": [{"$ref": f"#/components/schemas/{params}"}, {"$ref": "#/components/schemas/Rerun"}]}
-    body = {"type": "object", "required": ["data"], "properties": {"data": data}}
+    body = {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "data": data,
+            "priority": {
+                "type": "integer", "minimum": MIN_PRIORITY, "maximum": MAX_PRIORITY, "default": 0,
+                "description": "Tasks of higher priority are run first.",
+            },
+            "delay": {"type": "number", "minimum": 0, "description": "Hold the task this many seconds."},
+            "run_at": {
+                "type": "string", "format": "date-time",
+                "description": "Hold the task until this time (ISO 8601 with a time zone).",
+            },
+        },
+        "additionalProperties": False,
+        "not": {"required": ["delay", "run_at"]},
+    }
     return {
         "operationId": "submitTask",
         "summary": "Submit a task, or re-run a stored one with `data.task_id`.",
@@ -442,13 +418,13 @@ def _submit_operation(params: str) -> dict[str, Any]:
             "name": "X-Request-ID", "in": "header", "required": False, "schema": {"type": "string"},
             "description": "Stored as the task's trace_id and echoed in the response (1-128 of A-Z a-z 0-9 _ . : -).",
         }],
-        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "requestBody": _json_body(body),
         "responses": {
             "202": _ok("Accepted.", "Submitted", {
                 "Location": {"schema": {"type": "string"}, "description": "The URL of the task."},
                 "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds before asking again."},
             }),
-            **_errors("400", "404", "413", "500"),
+            **_errors("400", "404", "409", "413", "415", "500"),
         },
     }
 
@@ -461,7 +437,8 @@ def _list_operation() -> dict[str, Any]:
             _query("task_id", {"type": "string", "pattern": TASK_ID_PATTERN}, "Show this task."),
             _query("status", {"$ref": "#/components/schemas/TaskStatus"}, "Only tasks in this status."),
             _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}, "Page size."),
-            _query("skip", {"type": "integer", "minimum": 0, "default": 0}, "Tasks to skip."),
+            _query("skip", {"type": "integer", "minimum": 0, "maximum": MAX_SKIP, "default": 0}, "Tasks to skip."),
+            _query("q", {"type": "string", "maxLength": 200}, "Only tasks whose id or params hold this text."),
         ],
         "responses": {
             "200": _ok("A task, or a page of tasks.", {"anyOf": [
@@ -469,6 +446,40 @@ def _list_operation() -> dict[str, Any]:
             ]}),
             **_errors("400", "404"),
         },
+    }
+
+
+def _bulk_operation() -> dict[str, Any]:
+    body = {
+        "type": "object",
+        "required": ["action"],
+        "properties": {
+            "action": {"type": "string", "enum": ["retry", "cancel"],
+                       "description": "Retry finished tasks, or cancel unfinished ones."},
+            "status": {"$ref": "#/components/schemas/TaskStatus"},
+            "task_ids": {"type": "array", "items": {"type": "string", "pattern": TASK_ID_PATTERN}},
+        },
+        "additionalProperties": False,
+        "anyOf": [{"required": ["status"]}, {"required": ["task_ids"]}],
+    }
+    return {
+        "operationId": "bulkAction",
+        "summary": "Retry or cancel the tasks of this type a status and/or a list of ids selects.",
+        "requestBody": _json_body(body),
+        "responses": {
+            "200": _ok("How many tasks were selected and how many changed.", "BulkResult"),
+            **_errors("400", "413", "415", "500"),
+        },
+    }
+
+
+def _stats_operation() -> dict[str, Any]:
+    minutes = {"type": "integer", "minimum": 1, "maximum": MAX_STATS_MINUTES, "default": 60}
+    return {
+        "operationId": "taskStats",
+        "summary": "Per-minute throughput, queue wait and run time of this task type, queue depth and running.",
+        "parameters": [_query("minutes", minutes, "The window, in whole minutes up to now.")],
+        "responses": {"200": _ok("The figures.", "Stats"), **_errors("400")},
     }
 
 
@@ -488,7 +499,7 @@ def _cancel_operation() -> dict[str, Any]:
         "responses": {
             "200": _ok("Cancelled.", "Cancelled"),
             "202": _ok("Cancel requested; the running task ends `cancelled`.", "Cancelled"),
-            **_errors("400", "404", "409"),
+            **_errors("400", "404", "409", "415"),
         },
     }
 
@@ -527,6 +538,27 @@ def _healthz_operation() -> dict[str, Any]:
     }
 
 
+def _workers_operation() -> dict[str, Any]:
+    data = {
+        "type": "object",
+        "required": ["workers"],
+        "properties": {"workers": {"type": "array", "items": {"$ref": "#/components/schemas/Worker"}}},
+    }
+    return {
+        "operationId": "listWorkers",
+        "summary": "The live worker processes of the app's task types.",
+        "responses": {"200": _ok("The workers.", data), **_errors("503")},
+    }
+
+
+def _dashboard_operation() -> dict[str, Any]:
+    return {
+        "operationId": "dashboard",
+        "summary": "The web dashboard (it asks for a token itself when the service has one).",
+        "responses": {"200": {"description": "An HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}},
+    }
+
+
 def _metrics_operation() -> dict[str, Any]:
     return {
         "operationId": "metrics",
@@ -539,5 +571,5 @@ def _openapi_operation() -> dict[str, Any]:
     return {
         "operationId": "openapi",
         "summary": "This document.",
-        "responses": {"200": _json_response("OpenAPI 3.0.3.", {"type": "object"})},
+        "responses": {"200": _json_response("OpenAPI 3.1.", {"type": "object"})},
     }

@@ -1,15 +1,31 @@
-"""Every database call asynctask makes, on a pymongo `Collection` (or one that behaves like it).
+"""Every database call on the task documents of one task type, on a pymongo `Collection`.
 
-Correctness rests on MongoDB's atomic operations, never on a process-local lock:
-- the claim is one `find_one_and_update` upsert against the unique index on `task_id`;
-- every write of an attempt names the attempt number (`attempts`) it belongs to, so a
-  zombie attempt (timed out, orphaned, cancelled) can never overwrite a newer one.
+The collection is the queue. Correctness rests on MongoDB's atomic operations, never on a
+process-local lock:
+- a submission is one `find_one_and_update` upsert against the unique index on `task_id`
+  (the run rule decides in the same operation);
+- a worker claims the next due task with one `find_one_and_update` (highest priority, then
+  oldest), which makes it `running` for that worker and increments `attempts`;
+- every later write of an attempt names its attempt number, so a zombie attempt (timed out,
+  orphaned, cancelled, released) can never overwrite what a newer attempt wrote.
+
+Indexes, and the queries each one serves:
+- `task_id_unique` (task_id): every query by id, the submission's upsert, heartbeats and cancel
+  checks of the tasks a worker holds (`task_id $in [...]`).
+- `claim` (type, status, priority desc, run_at): the claim's filter and sort, the queue depth
+  and the oldest due task.
+- `orphans` (type, status, heartbeat_at): the sweep of running tasks whose worker went silent.
+- `list_all` (type, created_at desc, task_id) and `list_status` (type, status, created_at desc,
+  task_id): the list, newest first, with and without a status filter; stats by submission time.
+- `started` (type, started_at) and `finished` (type, finished_at): stats over a time window.
+- `expire_at_ttl` (only with `result_ttl`): MongoDB's TTL monitor removes finished tasks.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
+import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -17,23 +33,31 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from .errors import InvalidTransition, TaskNotFound
-from .jsonable import as_utc
+from .errors import InvalidTransition, TaskIdTaken, TaskNotFound
+from .jsonable import as_utc, jsonable
 from .status import ACTIVE, ALLOWED_FROM, FINISHED, RERUNNABLE, TaskStatus
 
 logger = logging.getLogger(__name__)
 
-#: Fields of the public view (CONTRACT section 3); owner, heartbeat and deadline stay out.
+#: Fields of the public view; owner, heartbeat, deadline and the rest stay out.
 PUBLIC_FIELDS = (
     "task_id", "status", "params", "result", "error", "attempts",
     "created_at", "started_at", "finished_at", "update_time",
-    "progress", "next_retry_at", "trace_id",
+    "progress", "next_retry_at", "trace_id", "priority", "run_at", "queued_at", "worker",
 )
 _PUBLIC_PROJECTION = {"_id": 0, **{name: 1 for name in PUBLIC_FIELDS}}
-_RESET_ON_CLAIM = {
-    "result": "", "error": "", "started_at": "", "finished_at": "", "deadline": "",
-    "progress": "", "cancel_requested": "", "expire_at": "", "next_retry_at": "",
-}
+#: What a task carries only while an attempt of it runs.
+_ATTEMPT_FIELDS = ("owner", "worker", "heartbeat_at", "deadline", "cancel_requested")
+#: What a new submission starts without.
+_RESET_ON_SUBMIT = (
+    "result", "error", "started_at", "finished_at", "progress", "expire_at", "next_retry_at", *_ATTEMPT_FIELDS,
+)
+#: `attempts` counts the attempts started, and a cancel in the queue, which uses one up too.
+_CANCELLED_IN_QUEUE = {"attempts": 1}
+#: How much of the params the list's search looks at.
+_SEARCHABLE_CHARS = 4096
+#: How often a submission that lost a race on its id tries again while the task stays re-runnable.
+_SUBMIT_TRIES = 8
 
 
 def utcnow() -> datetime:
@@ -42,64 +66,75 @@ def utcnow() -> datetime:
 
 
 class TaskStore:
-    """The task documents of one collection."""
+    """The task documents of one task type (`task_type`) in one collection."""
 
-    def __init__(self, collection: Any, result_ttl: timedelta | None = None) -> None:
+    def __init__(self, collection: Any, task_type: str, result_ttl: timedelta | None = None) -> None:
         self.collection = collection
+        self.type = task_type
         self.result_ttl = result_ttl
-        self._indexed_pid: int | None = None
+        self._indexed = False
 
     def ensure_indexes(self) -> None:
-        """Create the indexes once per process: the unique `task_id` one carries the claim."""
-        if self._indexed_pid == os.getpid():
+        """Create the indexes (idempotent; once per store object)."""
+        if self._indexed:
             return
-        self.collection.create_index([("task_id", ASCENDING)], unique=True, name="task_id_unique")
-        self.collection.create_index([("owner", ASCENDING), ("status", ASCENDING)], name="owner_status")
-        self.collection.create_index(
-            [("status", ASCENDING), ("heartbeat_at", ASCENDING)], name="status_heartbeat"
-        )
-        # The list's sort, newest first with the task id breaking ties, served by an index
-        # (with and without a status filter) rather than sorted in memory.
-        self.collection.create_index(
-            [("status", ASCENDING), ("created_at", DESCENDING), ("task_id", ASCENDING)], name="status_created_id"
-        )
-        self.collection.create_index([("created_at", DESCENDING), ("task_id", ASCENDING)], name="created_id")
+        create = self.collection.create_index
+        create([("task_id", ASCENDING)], unique=True, name="task_id_unique")
+        create([("type", ASCENDING), ("status", ASCENDING), ("priority", DESCENDING), ("run_at", ASCENDING)],
+               name="claim")
+        create([("type", ASCENDING), ("status", ASCENDING), ("heartbeat_at", ASCENDING)], name="orphans")
+        create([("type", ASCENDING), ("created_at", DESCENDING), ("task_id", ASCENDING)], name="list_all")
+        create([("type", ASCENDING), ("status", ASCENDING), ("created_at", DESCENDING), ("task_id", ASCENDING)],
+               name="list_status")
+        create([("type", ASCENDING), ("started_at", ASCENDING)], name="started")
+        create([("type", ASCENDING), ("finished_at", ASCENDING)], name="finished")
         if self.result_ttl is not None:
-            # Finished tasks with an `expire_at` are removed by MongoDB's TTL monitor.
-            self.collection.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0, name="expire_at_ttl")
-        self._indexed_pid = os.getpid()
+            create([("expire_at", ASCENDING)], expireAfterSeconds=0, name="expire_at_ttl")
+        self._indexed = True
 
-    def claim(
+    # -- submission and claim -----------------------------------------------------------------
+
+    def submit(
         self,
         task_id: str,
         params: Mapping[str, Any],
         *,
-        owner: str,
+        priority: int = 0,
+        run_at: datetime | None = None,
         stale_after: timedelta,
         rerun_after: timedelta | None = None,
         trace_id: str | None = None,
+        claim_for: Mapping[str, Any] | None = None,
         now: datetime | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """Queue the task for `owner` if the run rule allows it, in one atomic operation.
+        """Submit the task if the run rule allows it, in one atomic upsert.
 
-        Returns the task's document and whether this call claimed it. When the document
-        exists but may not run again, the upsert collides with the unique index and the
-        existing document is returned unclaimed.
+        The task is stored `queued`, owned by nobody, due at `run_at` (default now). With
+        `claim_for` (the fields `claim_fields()` gives) it is stored `running` for that worker
+        at once instead, which saves the claim's round trip when the submitting process has a
+        free slot. Returns the task's document and whether this call submitted it; when the
+        task exists and may not run again, its document is returned unsubmitted.
         """
         self.ensure_indexes()
         now = now or utcnow()
-        query = {"task_id": task_id, "$or": _claimable(now, stale_after, rerun_after)}
-        update = {
-            "$set": {
-                "status": TaskStatus.QUEUED.value, "params": dict(params), "owner": owner,
-                "heartbeat_at": now, "queued_at": now, "update_time": now,
-                "trace_id": trace_id, "retries": 0, "lost": 0,
-            },
-            "$inc": {"attempts": 1},
-            "$setOnInsert": {"created_at": now},
-            "$unset": _RESET_ON_CLAIM,
+        due = max(run_at, now) if run_at is not None else now
+        query = {"task_id": task_id, "type": self.type, "$or": _claimable(now, stale_after, rerun_after)}
+        fields: dict[str, Any] = {
+            "type": self.type, "params": dict(params), "params_text": _searchable(params),
+            "priority": priority, "run_at": due,
+            "queued_at": now, "update_time": now, "trace_id": trace_id, "retries": 0, "lost": 0,
         }
-        for _ in range(3):
+        unset = set(_RESET_ON_SUBMIT)
+        update: dict[str, Any] = {"$set": fields, "$setOnInsert": {"created_at": now}}
+        if claim_for is not None and due <= now:
+            fields.update(claim_for, status=TaskStatus.RUNNING.value, started_at=now)
+            unset -= {*claim_for, "started_at"}
+            update["$inc"] = {"attempts": 1}
+        else:
+            fields["status"] = TaskStatus.QUEUED.value
+            update["$setOnInsert"]["attempts"] = 0
+        update["$unset"] = {name: "" for name in sorted(unset)}
+        for _ in range(_SUBMIT_TRIES):
             try:
                 doc = self.collection.find_one_and_update(
                     query, update, upsert=True, return_document=ReturnDocument.AFTER
@@ -107,16 +142,47 @@ class TaskStore:
                 return doc, True
             except DuplicateKeyError:
                 existing = self.collection.find_one({"task_id": task_id})
-                if existing is not None:
-                    return existing, False
-        raise RuntimeError(f"task {task_id!r} kept changing while it was claimed")
+            if existing is None:
+                continue  # removed meanwhile: insert it
+            if existing.get("type", self.type) != self.type:
+                raise TaskIdTaken(f"task id {task_id!r} belongs to a task of another type")
+            if existing.get("status") not in RERUNNABLE:
+                return existing, False
+            # It was re-runnable a moment ago: a rival submission is under way; try again.
+        raise InvalidTransition(f"task {task_id!r} kept changing while it was submitted")
+
+    def claim(self, claim_for: Mapping[str, Any], now: datetime | None = None) -> dict[str, Any] | None:
+        """Take the next due task of this type for a worker: highest priority first, then oldest.
+
+        One atomic `find_one_and_update` (served by the `claim` index) makes it `running` for
+        the worker described by `claim_for`, and increments `attempts`: the new attempt's
+        number, which fences out every earlier attempt.
+        """
+        now = now or utcnow()
+        return self.collection.find_one_and_update(
+            {"type": self.type, "status": TaskStatus.QUEUED.value, "run_at": {"$lte": now}},
+            {
+                "$set": {**claim_for, "status": TaskStatus.RUNNING.value, "started_at": now, "update_time": now},
+                "$inc": {"attempts": 1},
+                "$unset": {"progress": "", "result": "", "next_retry_at": ""},
+            },
+            sort=[("priority", DESCENDING), ("run_at", ASCENDING)],
+            return_document=ReturnDocument.AFTER,
+        )
+
+    @staticmethod
+    def claim_fields(owner: str, worker: str, deadline: datetime, now: datetime | None = None) -> dict[str, Any]:
+        """What a claim writes about the worker that runs the attempt."""
+        return {"owner": owner, "worker": worker, "deadline": deadline, "heartbeat_at": now or utcnow()}
 
     def stored_params(self, task_id: str) -> dict[str, Any]:
         """The params a stored task was submitted with; `TaskNotFound` if there is no task."""
-        doc = self.collection.find_one({"task_id": task_id}, {"_id": 0, "params": 1})
+        doc = self.collection.find_one({"task_id": task_id, "type": self.type}, {"_id": 0, "params": 1})
         if doc is None:
             raise TaskNotFound(f"task {task_id!r} not found")
         return dict(doc.get("params") or {})
+
+    # -- status moves -------------------------------------------------------------------------
 
     def transition(
         self,
@@ -126,6 +192,7 @@ class TaskStore:
         attempt: int | None = None,
         fields: Mapping[str, Any] | None = None,
         unset: tuple[str, ...] = (),
+        inc: Mapping[str, int] | None = None,
         match: Mapping[str, Any] | None = None,
         only_from: tuple[str, ...] | None = None,
         now: datetime | None = None,
@@ -133,138 +200,123 @@ class TaskStore:
         """Move a task to status `to` if its current status allows it; fenced by `attempt`.
 
         `match` adds conditions the document must meet (e.g. its owner); `only_from` narrows
-        the statuses it may move from.
-
-        Returns False, writing nothing, when the task is in no status that may move to `to`
-        or when `attempt` is no longer the task's current attempt.
+        the statuses it may move from. Returns False, writing nothing, when the task is in no
+        status that may move to `to` or when `attempt` is no longer its current attempt.
         """
-        to = TaskStatus(to).value
-        if to not in ALLOWED_FROM:
-            raise InvalidTransition(f"no task moves to {to!r} through a transition")
-        now = now or utcnow()
-        sources = [status for status in ALLOWED_FROM[to] if only_from is None or status in only_from]
-        query: dict[str, Any] = {**(match or {}), "task_id": task_id, "status": {"$in": sources}}
+        query, update = self._move(to, only_from, fields, unset, inc, now)
+        query.update(match or {}, task_id=task_id)
         if attempt is not None:
             query["attempts"] = attempt
+        return self.collection.update_one(query, update).matched_count == 1
+
+    def transition_many(
+        self,
+        query: Mapping[str, Any],
+        to: TaskStatus | str,
+        *,
+        fields: Mapping[str, Any] | None = None,
+        unset: tuple[str, ...] = (),
+        inc: Mapping[str, int] | None = None,
+        only_from: tuple[str, ...] | None = None,
+        now: datetime | None = None,
+    ) -> int:
+        """`transition` for every task of this type matching `query`; returns how many moved."""
+        move, update = self._move(to, only_from, fields, unset, inc, now)
+        return self.collection.update_many({**query, **move}, update).modified_count
+
+    def _move(
+        self, to: TaskStatus | str, only_from: tuple[str, ...] | None, fields: Mapping[str, Any] | None,
+        unset: tuple[str, ...], inc: Mapping[str, int] | None, now: datetime | None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The query and update of a move to `to`, checked against `ALLOWED_FROM`."""
+        to = TaskStatus(to).value
+        now = now or utcnow()
+        sources = [status for status in ALLOWED_FROM[to] if only_from is None or status in only_from]
+        if not sources:
+            raise InvalidTransition(f"no task moves to {to!r} from {only_from}")
         update: dict[str, Any] = {"$set": {**(fields or {}), **self._expiry(to, now), "status": to, "update_time": now}}
         if unset:
             update["$unset"] = {name: "" for name in unset}
-        return self.collection.update_one(query, update).matched_count == 1
-
-    def start(
-        self, task_id: str, attempt: int, owner: str, deadline: datetime, now: datetime | None = None
-    ) -> bool:
-        """Mark the attempt running; False if it was cancelled, released or superseded meanwhile."""
-        now = now or utcnow()
-        return self.transition(
-            task_id, TaskStatus.RUNNING, attempt=attempt, now=now, match={"owner": owner},
-            fields={"started_at": now, "deadline": deadline, "heartbeat_at": now},
-        )
+        if inc:
+            update["$inc"] = dict(inc)
+        return {"type": self.type, "status": {"$in": sources}}, update
 
     def finish(
         self,
         task_id: str,
         status: TaskStatus | str,
         *,
-        attempt: int | None,
+        attempt: int,
         result: Any = None,
         error: str | None = None,
         extra: Mapping[str, Any] | None = None,
         now: datetime | None = None,
     ) -> bool:
-        """Record how an attempt ended (success, failed, cancelled) unless it was superseded.
-
-        `extra` holds further fields to write with it (`expire_at`, a last `progress`).
-        """
+        """Record how a running attempt ended (success, failed, cancelled) unless it was superseded."""
         now = now or utcnow()
         fields = {**(extra or {}), "finished_at": now, "result": result, "error": error}
-        # An attempt ends only from running: a released or re-queued task is no longer its own.
-        only_from = (TaskStatus.RUNNING.value,) if attempt is not None else None
         return self.transition(
-            task_id, status, attempt=attempt, now=now, fields=fields, unset=("owner",), only_from=only_from
+            task_id, status, attempt=attempt, now=now, fields=fields, unset=_ATTEMPT_FIELDS,
+            only_from=(TaskStatus.RUNNING.value,),
         )
 
-    def heartbeat(self, owner: str, now: datetime | None = None) -> int:
-        """Stamp every active task of `owner` in one write; returns how many it touched."""
-        now = now or utcnow()
-        result = self.collection.update_many(
-            {"owner": owner, "status": {"$in": list(ACTIVE)}}, {"$set": {"heartbeat_at": now}}
-        )
-        return result.modified_count
+    def record(self, task_id: str, status: TaskStatus | str, *, result: Any = None, error: str | None = None,
+               now: datetime | None = None) -> None:
+        """Record an outcome for a task no attempt runs, creating the document if it is missing.
 
-    def release(self, owner: str, now: datetime | None = None) -> int:
-        """Hand `owner`'s unfinished tasks back (queued, no owner) so any process takes them now."""
-        now = now or utcnow()
-        result = self.collection.update_many(
-            {"owner": owner, "status": {"$in": list(ALLOWED_FROM[TaskStatus.QUEUED.value])}},
-            {
-                "$set": {"status": TaskStatus.QUEUED.value, "update_time": now},
-                "$unset": {"owner": "", "heartbeat_at": "", "deadline": ""},
-            },
-        )
-        return result.modified_count
-
-    def fail_lost(self, stale_after: timedelta, max_attempts: int, now: datetime | None = None) -> int:
-        """Fail orphaned tasks whose owners were lost `max_attempts` times ("worker lost")."""
-        now = now or utcnow()
-        result = self.collection.update_many(
-            {**_orphaned(now, stale_after), "owner": {"$exists": True}, "lost": {"$gte": max_attempts - 1}},
-            {
-                "$set": {
-                    "status": TaskStatus.FAILED.value, "finished_at": now, "update_time": now,
-                    "error": f"worker lost: the task's owner stopped in each of {max_attempts} attempt(s)",
-                    **self._expiry(TaskStatus.FAILED.value, now),
-                },
-                "$unset": {"owner": ""},
-            },
-        )
-        return result.modified_count
-
-    def claim_orphan(
-        self, owner: str, stale_after: timedelta, max_attempts: int, now: datetime | None = None
-    ) -> dict[str, Any] | None:
-        """Take over one task nobody works on, for `owner` (attempts + 1), or None if there is none.
-
-        First a task without owner (released, or a retry that is due), then one whose owner
-        stopped heartbeating (which counts as a lost attempt).
+        This is what the original tool's `callback(future, task_id)` did when called by hand.
         """
         now = now or utcnow()
-        claim = {
-            "status": TaskStatus.QUEUED.value, "owner": owner, "heartbeat_at": now,
-            "queued_at": now, "update_time": now,
-        }
-        reset = {**_RESET_ON_CLAIM, "next_retry_at": ""}
-        candidates = [
-            ({**_orphaned(now, stale_after), "owner": {"$exists": False}}, {}),
-            (
-                {**_orphaned(now, stale_after), "owner": {"$exists": True},
-                 "lost": {"$not": {"$gte": max_attempts - 1}}},
-                {"lost": 1},
-            ),
-        ]
-        for query, counted in candidates:
-            doc = self.collection.find_one_and_update(
-                query,
-                {"$set": claim, "$inc": {"attempts": 1, **counted}, "$unset": reset},
-                sort=[("heartbeat_at", ASCENDING)],
-                return_document=ReturnDocument.AFTER,
-            )
-            if doc is not None:
-                return doc
-        return None
-
-    def schedule_retry(
-        self, task_id: str, attempt: int, *, retries: int, error: str, at: datetime, now: datetime | None = None
-    ) -> bool:
-        """Put a failed attempt back as an unowned queued task that any process takes at `at`."""
-        return self.transition(
-            task_id, TaskStatus.QUEUED, attempt=attempt, now=now, only_from=(TaskStatus.RUNNING.value,),
-            fields={"retries": retries, "next_retry_at": at, "error": error},
-            unset=("owner", "heartbeat_at", "deadline", "started_at"),
+        self.collection.update_one(
+            {"task_id": task_id, "type": self.type},
+            {
+                "$set": {"status": TaskStatus(status).value, "result": result, "error": error,
+                         "finished_at": now, "update_time": now, **self._expiry(TaskStatus(status).value, now)},
+                "$unset": {name: "" for name in _ATTEMPT_FIELDS},
+                "$setOnInsert": {"created_at": now, "params": {}, "attempts": 0, "priority": 0},
+            },
+            upsert=True,
         )
 
+    def retry_later(self, task_id: str, attempt: int, *, retries: int, error: str, at: datetime,
+                    now: datetime | None = None) -> bool:
+        """Put a failed attempt back in the queue, due at `at`; no worker waits for it meanwhile."""
+        return self.transition(
+            task_id, TaskStatus.QUEUED, attempt=attempt, now=now, only_from=(TaskStatus.RUNNING.value,),
+            fields={"retries": retries, "next_retry_at": at, "run_at": at, "error": error},
+            unset=(*_ATTEMPT_FIELDS, "started_at"),
+        )
+
+    def release(self, owner: str, task_ids: list[str], now: datetime | None = None) -> int:
+        """Hand a stopping worker's running tasks back to the queue, due now, for any worker."""
+        if not task_ids:
+            return 0
+        now = now or utcnow()
+        return self.transition_many(
+            {"task_id": {"$in": task_ids}, "owner": owner}, TaskStatus.QUEUED, now=now,
+            only_from=(TaskStatus.RUNNING.value,), fields={"run_at": now}, unset=(*_ATTEMPT_FIELDS, "started_at"),
+        )
+
+    def requeue_orphans(self, stale_after: timedelta, max_attempts: int, now: datetime | None = None) -> tuple[int, int]:
+        """Running tasks whose worker stopped heartbeating: back to the queue, or `failed` once
+        their workers were lost `max_attempts` times. Returns (requeued, failed)."""
+        now = now or utcnow()
+        silent = {"heartbeat_at": {"$lt": now - stale_after}}
+        running = (TaskStatus.RUNNING.value,)
+        failed = self.transition_many(
+            {**silent, "lost": {"$gte": max_attempts - 1}}, TaskStatus.FAILED, now=now, only_from=running,
+            fields={"finished_at": now,
+                    "error": f"worker lost: the task's worker stopped in each of {max_attempts} attempt(s)"},
+            unset=_ATTEMPT_FIELDS,
+        )
+        requeued = self.transition_many(
+            {**silent, "lost": {"$lt": max_attempts - 1}}, TaskStatus.QUEUED, now=now, only_from=running,
+            fields={"run_at": now}, unset=(*_ATTEMPT_FIELDS, "started_at"), inc={"lost": 1},
+        )
+        return requeued, failed
+
     def request_cancel(self, task_id: str, now: datetime | None = None) -> str:
-        """Cancel a queued task at once, or ask a running task's owner to stop it.
+        """Cancel a queued task at once, or ask a running task's worker to stop it.
 
         Returns the status the task is left in: "cancelled" or "running" (stop requested).
         Raises `TaskNotFound` for an unknown task, `InvalidTransition` for a finished one.
@@ -273,23 +325,75 @@ class TaskStore:
         if self.transition(
             task_id, TaskStatus.CANCELLED, only_from=(TaskStatus.QUEUED.value,), now=now,
             fields={"finished_at": now, "error": "cancelled before it started"},
-            unset=("owner", "heartbeat_at", "next_retry_at"),
+            unset=(*_ATTEMPT_FIELDS, "next_retry_at"), inc=_CANCELLED_IN_QUEUE,
         ):
             return TaskStatus.CANCELLED.value
         if self.collection.update_one(
-            {"task_id": task_id, "status": TaskStatus.RUNNING.value},
+            {"task_id": task_id, "type": self.type, "status": TaskStatus.RUNNING.value},
             {"$set": {"cancel_requested": True, "update_time": now}},
         ).matched_count:
             return TaskStatus.RUNNING.value
-        doc = self.collection.find_one({"task_id": task_id}, {"status": 1})
+        doc = self.collection.find_one({"task_id": task_id, "type": self.type}, {"status": 1})
         if doc is None:
             raise TaskNotFound(f"task {task_id!r} not found")
         raise InvalidTransition(f"task {task_id!r} is {doc.get('status')} and cannot be cancelled")
 
-    def cancel_requests(self, owner: str) -> list[tuple[str, int]]:
-        """(task_id, attempt) of `owner`'s running tasks someone asked to cancel."""
+    def bulk(self, action: str, *, status: str | None = None, task_ids: list[str] | None = None,
+             now: datetime | None = None) -> dict[str, int]:
+        """Retry the finished tasks, or cancel the unfinished ones, that `status`/`task_ids` select."""
+        now = now or utcnow()
+        selected: dict[str, Any] = {"type": self.type}
+        if status is not None:
+            selected["status"] = status
+        if task_ids is not None:
+            selected["task_id"] = {"$in": list(task_ids)}
+        if action == "retry":
+            sources = tuple(s for s in FINISHED if status in (None, s))
+            matched = self.collection.count_documents({**selected, "status": {"$in": list(sources)}}) if sources else 0
+            changed = self.transition_many(
+                selected, TaskStatus.QUEUED, now=now, only_from=sources,
+                fields={"run_at": now, "queued_at": now, "retries": 0, "lost": 0},
+                unset=_RESET_ON_SUBMIT,
+            ) if sources else 0
+            return {"matched": matched, "changed": changed}
+        queued = status in (None, TaskStatus.QUEUED.value)
+        running = status in (None, TaskStatus.RUNNING.value)
+        matched = self.collection.count_documents(
+            {**selected, "status": {"$in": [s for s in ACTIVE if status in (None, s)]}}
+        )
+        changed = self.transition_many(
+            selected, TaskStatus.CANCELLED, now=now, only_from=(TaskStatus.QUEUED.value,),
+            fields={"finished_at": now, "error": "cancelled before it started"},
+            unset=(*_ATTEMPT_FIELDS, "next_retry_at"), inc=_CANCELLED_IN_QUEUE,
+        ) if queued else 0
+        if running:
+            changed += self.collection.update_many(
+                {**selected, "status": TaskStatus.RUNNING.value, "cancel_requested": {"$ne": True}},
+                {"$set": {"cancel_requested": True, "update_time": now}},
+            ).modified_count
+        return {"matched": matched, "changed": changed}
+
+    # -- what a worker does for the tasks it holds ------------------------------------------
+
+    def heartbeat(self, owner: str, task_ids: list[str], now: datetime | None = None) -> int:
+        """Stamp the running tasks this worker holds, in one write; returns how many it touched.
+
+        Only the tasks named: one whose outcome could not be recorded is dropped from the list
+        and so becomes an orphan that runs again.
+        """
+        if not task_ids:
+            return 0
+        return self.collection.update_many(
+            {"task_id": {"$in": task_ids}, "owner": owner, "status": TaskStatus.RUNNING.value},
+            {"$set": {"heartbeat_at": now or utcnow()}},
+        ).modified_count
+
+    def cancel_requests(self, owner: str, task_ids: list[str]) -> list[tuple[str, int]]:
+        """(task_id, attempt) of this worker's running tasks that someone asked to cancel."""
+        if not task_ids:
+            return []
         cursor = self.collection.find(
-            {"owner": owner, "status": TaskStatus.RUNNING.value, "cancel_requested": True},
+            {"task_id": {"$in": task_ids}, "owner": owner, "cancel_requested": True},
             {"_id": 0, "task_id": 1, "attempts": 1},
         )
         return [(doc["task_id"], doc["attempts"]) for doc in cursor]
@@ -301,50 +405,94 @@ class TaskStore:
             {"$set": {"progress": {"percent": percent, "message": message}}},
         ).matched_count == 1
 
-    def list(self, status: str | None = None, limit: int = 50, skip: int = 0) -> dict[str, Any]:
-        """A page of public views, newest first, with the total and the count per status."""
-        query = {"status": status} if status else {}
+    def is_current(self, task_id: str, attempt: int) -> bool:
+        """Whether `attempt` is still the running attempt of the task."""
+        return self.collection.find_one(
+            {"task_id": task_id, "attempts": attempt, "status": TaskStatus.RUNNING.value}, {"_id": 1}
+        ) is not None
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def public(self, task_id: str) -> dict[str, Any] | None:
+        """The public view of a task, times as aware UTC; None if unknown."""
+        doc = self.collection.find_one({"task_id": task_id, "type": self.type}, _PUBLIC_PROJECTION)
+        return None if doc is None else _public(doc)
+
+    def list(self, status: str | None = None, limit: int = 50, skip: int = 0,
+             search: str | None = None) -> dict[str, Any]:
+        """A page of public views, newest first, with the total and the count per status.
+
+        `search` keeps tasks whose id, params or error hold the text (a scan of the type's
+        tasks, bounded by the page: MongoDB stops once `skip + limit` match).
+        """
+        query: dict[str, Any] = {"type": self.type}
+        if status:
+            query["status"] = status
+        if search:
+            pattern = re.escape(search)
+            query["$or"] = [
+                {"task_id": {"$regex": pattern, "$options": "i"}},
+                {"error": {"$regex": pattern, "$options": "i"}},
+                {"params_text": {"$regex": pattern, "$options": "i"}},
+            ]
         docs = (
             self.collection.find(query, _PUBLIC_PROJECTION)
             .sort([("created_at", DESCENDING), ("task_id", ASCENDING)])
             .skip(skip)
             .limit(limit)
         )
-        counts = {
-            row["_id"]: row["n"]
-            for row in self.collection.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
-            if row["_id"] is not None
-        }
-        total = counts.get(status, 0) if status else sum(counts.values())
-        return {"tasks": [_public(doc) for doc in docs], "total": total, "counts": counts}
+        tasks = [_public(doc) for doc in docs]
+        counts = self.counts()
+        if search:
+            total = self.collection.count_documents(query)
+        else:
+            total = counts.get(status, 0) if status else sum(counts.values())
+        return {"tasks": tasks, "total": total, "counts": counts}
+
+    def counts(self) -> dict[str, int]:
+        """How many tasks of this type are in each status."""
+        rows = self.collection.aggregate([
+            {"$match": {"type": self.type}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}},
+        ])
+        return {row["_id"]: row["n"] for row in rows if row["_id"] is not None}
+
+    def queue_depth(self, now: datetime | None = None) -> tuple[int, datetime | None]:
+        """How many tasks are due and waiting, and since when the oldest of them is due."""
+        due = {"type": self.type, "status": TaskStatus.QUEUED.value, "run_at": {"$lte": now or utcnow()}}
+        oldest = self.collection.find_one(due, {"_id": 0, "run_at": 1}, sort=[("run_at", ASCENDING)])
+        if oldest is None:
+            return 0, None
+        return self.collection.count_documents(due), as_utc(oldest["run_at"])
 
     def existing(self, task_ids: list[str]) -> set[str]:
         """Which of `task_ids` have a document."""
         cursor = self.collection.find({"task_id": {"$in": task_ids}}, {"_id": 0, "task_id": 1})
         return {doc["task_id"] for doc in cursor}
 
-    def _expiry(self, status: str, now: datetime) -> dict[str, Any]:
-        """`expire_at` for a task that finishes now, when finished tasks expire."""
-        if self.result_ttl is None or status not in FINISHED:
-            return {}
-        return {"expire_at": now + self.result_ttl}
-
     def ping(self) -> None:
         """Raise unless the database answers a query."""
         self.collection.find_one({"task_id": "__asynctask_healthz__"}, {"_id": 1})
 
     def update(self, task_id: str, data: Mapping[str, Any], now: datetime | None = None) -> None:
-        """Upsert fields of a task's document, stamping `update_time` unless given."""
-        fields = {
-            key: value.value if isinstance(value, TaskStatus) else value for key, value in data.items()
-        }
-        fields.setdefault("update_time", now or utcnow())
-        self.collection.update_one({"task_id": task_id}, {"$set": fields}, upsert=True)
+        """Upsert fields of a task's document, stamping `update_time` unless given.
 
-    def public(self, task_id: str) -> dict[str, Any] | None:
-        """The public view of a task (CONTRACT section 3), times as aware UTC; None if unknown."""
-        doc = self.collection.find_one({"task_id": task_id}, _PUBLIC_PROJECTION)
-        return None if doc is None else _public(doc)
+        The one write of a status that does not go through `transition`: `update_task` is the
+        application's own way to set a task's fields, e.g. to store a `pending` task.
+        """
+        fields = {key: value.value if isinstance(value, TaskStatus) else value for key, value in data.items()}
+        fields.setdefault("update_time", now or utcnow())
+        on_insert = {"type": self.type, "created_at": fields["update_time"]}
+        self.collection.update_one(
+            {"task_id": task_id},
+            {"$set": fields, "$setOnInsert": {k: v for k, v in on_insert.items() if k not in fields}},
+            upsert=True,
+        )
+
+    def _expiry(self, status: str, now: datetime) -> dict[str, Any]:
+        """`expire_at` for a task that finishes now, when finished tasks expire."""
+        if self.result_ttl is None or status not in FINISHED:
+            return {}
+        return {"expire_at": now + self.result_ttl}
 
 
 def _public(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -353,25 +501,25 @@ def _public(doc: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in view.items():
         if isinstance(value, datetime):
             view[name] = as_utc(value)
+    queued_at, run_at = view["queued_at"], view["run_at"]
+    if run_at is not None and queued_at is not None and run_at <= queued_at:
+        view["run_at"] = None  # due at once: only a later due time is shown
+    if view["status"] != TaskStatus.RUNNING.value:
+        view["worker"] = None
     return view
 
 
-def _orphaned(now: datetime, stale_after: timedelta) -> dict[str, Any]:
-    """Active tasks nobody works on: no heartbeat within `stale_after` (or no owner), and no
-    retry waiting for a later time."""
-    return {
-        "status": {"$in": list(ACTIVE)},
-        "heartbeat_at": {"$not": {"$gte": now - stale_after}},
-        "next_retry_at": {"$not": {"$gt": now}},
-    }
+def _searchable(params: Mapping[str, Any]) -> str:
+    """The params as text, for the list's search (the first few KiB suffice to find a task)."""
+    return json.dumps(jsonable(dict(params)), sort_keys=True, ensure_ascii=False)[:_SEARCHABLE_CHARS]
 
 
-def _claimable(now: datetime, stale_after: timedelta, rerun_after: timedelta | None) -> list[dict]:
-    """The run rule (CONTRACT section 1) as query clauses: a document matching one may run."""
+def _claimable(now: datetime, stale_after: timedelta, rerun_after: timedelta | None) -> list[dict[str, Any]]:
+    """The run rule as query clauses: a document matching one may be submitted again."""
     clauses: list[dict[str, Any]] = [
         {"status": {"$in": list(RERUNNABLE)}},
         {"status": {"$exists": False}},
-        _orphaned(now, stale_after),
+        {"status": TaskStatus.RUNNING.value, "heartbeat_at": {"$not": {"$gte": now - stale_after}}},
         {"status": TaskStatus.RUNNING.value, "deadline": {"$lt": now}},
     ]
     if rerun_after is not None:

@@ -1,93 +1,82 @@
 """`AsyncTask`: the base class users subclass, and the task lifecycle in one place.
 
-submit: validate -> claim (one atomic upsert) -> hand the attempt to a slot
-attempt: start (queued -> running, fenced) -> main -> callback (running -> success/failed, fenced)
+submit: validate -> one atomic upsert by the run rule: `queued`, or `running` at once when this
+        process has a free slot -> wake the workers
+worker: claim the next due task (one atomic `find_one_and_update`) -> `_run_attempt`
+attempt (`_run_attempt`): outcome = execute(main) -> record(outcome) -> notify(callback hook)
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import multiprocessing
 import os
-import socket
+import sys
 import threading
 import time
 import traceback
 import uuid
 import weakref
-from concurrent.futures import CancelledError, Future
-from datetime import timedelta
+from collections.abc import Iterator
+from concurrent.futures import CancelledError, Executor, Future
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from pymongo.errors import ConnectionFailure
 
 from . import attempt as attempts
-from . import logs, metrics
+from . import expiry, logs, signals
 from .attempt import Attempt
 from .errors import AsyncTaskError, InvalidParams, ShuttingDown, TaskTimeout
 from .executors import Executors, call_main
-from .recovery import Monitor
+from .registry import ConcurrencySlots, Workers
 from .retry import RetryPolicy
-from .status import FINISHED, TaskStatus
+from .status import FINISHED, Ending, TaskStatus
 from .store import TaskStore, utcnow
-from .validation import Signature, check_keys, check_result, check_task_id, duration, positive_int
+from .validation import (
+    Signature,
+    check_keys,
+    check_result,
+    check_task_id,
+    duration,
+    positive_int,
+    queue_options,
+)
+from .worker import Worker
 
 logger = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 #: How often a long-poll looks at the database for tasks other processes run.
-POLL_INTERVAL = 0.05
+LONG_POLL_INTERVAL = 0.05
+#: Waits between tries of an outcome write the database did not take (a failover, a blip).
+RECORD_BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0)
+_UNSET: Any = object()
 
-
-class _ProcessState:
-    """What exists once per process: the owner id, the monitor, and the attempts in flight."""
-
-    def __init__(self, task: AsyncTask) -> None:
-        self.pid = os.getpid()
-        self.owner = f"{socket.gethostname()}:{self.pid}:{uuid.uuid4().hex[:8]}"
-        self.monitor = Monitor(
-            task._store, self.owner, task.heartbeat_interval.total_seconds(), task._time_out, task._recover
-        )
-        self.capacity = task._executors.capacity
-        self.stopping = False
-        self.in_flight: set[Attempt] = set()
-        self.changed = threading.Condition()
-        #: Notified whenever an attempt of this process ends, for long-polls.
-        self.finished = threading.Condition()
-        self.next_log_sweep = 0.0
-
-    def add(self, attempt: Attempt) -> None:
-        with self.changed:
-            self.in_flight.add(attempt)
-
-    def discard(self, attempt: Attempt) -> None:
-        with self.changed:
-            self.in_flight.discard(attempt)
-            self.changed.notify_all()
-
-    def free_slots(self) -> int:
-        with self.changed:
-            return 0 if self.stopping else self.capacity - len(self.in_flight)
-
-    def stop(self, task_id: str, reason: str, number: int | None = None) -> None:
-        """Ask this process's attempts of `task_id` (of attempt `number`, if given) to stop."""
-        with self.changed:
-            targets = [a for a in self.in_flight if a.task_id == task_id and number in (None, a.number)]
-        for attempt in targets:
-            attempt.stop(reason)
-
-    def drain(self, timeout: float | None) -> set[Attempt]:
-        """Wait until no attempt is in flight or `timeout` passes; return those left."""
-        with self.changed:
-            self.changed.wait_for(lambda: not self.in_flight, timeout)
-            return set(self.in_flight)
-
-
-#: Every instance in this process, for gunicorn's worker hooks.
+#: Every instance in this process, for gunicorn's worker hooks and forks.
 _instances: weakref.WeakSet[AsyncTask] = weakref.WeakSet()
+#: Instances built in a gunicorn master: their workers start in each forked worker process.
+_deferred: weakref.WeakSet[AsyncTask] = weakref.WeakSet()
+_autostart = threading.local()
+
+
+@contextlib.contextmanager
+def autostart(enabled: bool) -> Iterator[None]:
+    """Within the block, a new `AsyncTask` does (not) start its worker on construction."""
+    previous = getattr(_autostart, "enabled", True)
+    _autostart.enabled = enabled
+    try:
+        yield
+    finally:
+        _autostart.enabled = previous
 
 
 def start_all() -> None:
-    """Start the background thread of every `AsyncTask` of this process (after a fork)."""
+    """Start the worker of every `AsyncTask` of this process that runs one."""
     for task in list(_instances):
         task.start()
 
@@ -100,19 +89,64 @@ def shutdown_all(grace: float | None = None) -> int:
     return sum(task.shutdown(wait=True, grace=grace) for task in list(_instances))
 
 
-class AsyncTask:
-    """Turns `main` into a durable task: run on an executor, recorded in a collection.
+def _after_fork_in_child() -> None:
+    """A forked child has none of its parent's threads: forget them; start deferred workers."""
+    for task in list(_instances):
+        task._worker = None
+        task._lock = threading.Lock()
+    for task in list(_deferred):
+        _deferred.discard(task)
+        task.start()
 
-    Subclass it and write `main(self, logger, **params)`; see CONTRACT section 1.
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _gunicorn_role() -> str | None:
+    """"master" when a gunicorn master loads the app before it forks (`--preload`), "worker" in
+    a gunicorn worker process, else None (read from the call stack: gunicorn says it nowhere)."""
+    if "gunicorn.arbiter" not in sys.modules:
+        return None
+    frame: Any = sys._getframe(1)
+    role = None
+    while frame is not None:
+        path = frame.f_code.co_filename.replace(os.sep, "/")
+        if "/gunicorn/workers/" in path:
+            return "worker"
+        if path.endswith("/gunicorn/arbiter.py"):
+            role = "master"
+        frame = frame.f_back
+    return role
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt ended, and what it leaves: a result, or an error text."""
+
+    ending: Ending
+    result: Any = None
+    error: str | None = None
+    exception: BaseException | None = None
+
+
+class AsyncTask:
+    """Turns `main` into a durable task: stored in a collection (the queue), run by workers.
+
+    Subclass it and write `main(self, logger, **params)`. Options may be given to the
+    constructor or declared as class attributes (`class Resize(AsyncTask): task_timeout = 60`).
 
     Args:
         collection: a pymongo `Collection`, or one that behaves like it (`MemoryCollection`).
         logger_dir: folder for the per-task log files; created if missing.
-        max_worker: how many tasks this process runs at once.
+        max_worker: how many tasks this process runs at once (its slots).
         executor: "threads", "processes", "dask://host:port", or any `concurrent.futures.Executor`.
         task_timeout: seconds or timedelta; a task running longer is failed.
         rerun_time_limit: seconds or timedelta after which a successful task runs again.
-        outdate_time: the upstream name of `rerun_time_limit`.
+        outdate_time: the original tool's name of `rerun_time_limit`.
+        worker: whether this process runs tasks (default True; `ASYNCTASK_NO_WORKER=1` turns it
+            off). False makes a process that only accepts and serves tasks.
+        poll_interval: seconds between claims of an idle worker.
+        max_concurrency: at most this many tasks of this type run at once across every process.
         heartbeat_interval: seconds between heartbeats (and recovery sweeps) of this process.
         stale_after: seconds without heartbeat after which a task is orphaned (3 x interval).
         max_attempts: attempts an orphaned task gets before it fails with "worker lost".
@@ -122,68 +156,124 @@ class AsyncTask:
         max_content_length: largest HTTP request body accepted, in bytes.
     """
 
+    #: The task type's name: stored on every document; a type sees only its own tasks.
+    name: ClassVar[str] = "AsyncTask"
+    max_worker: int | None = None
+    executor: Any = None
+    task_timeout: Any = timedelta(hours=4)
+    rerun_time_limit: Any = None
+    poll_interval: Any = 1.0
+    max_concurrency: int | None = None
+    heartbeat_interval: Any = 10
+    stale_after: Any = None
+    max_attempts: int = 3
+    max_retries: int = 0
+    retry_delay: float = 1.0
+    retry_backoff: float = 2.0
+    retry_on: Any = (Exception,)
+    result_ttl: Any = None
+    api_token: str | None = None
+    max_content_length: int = MiB
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__name__
+        if not isinstance(cls.name, str) or not cls.name:
+            raise TypeError(f"{cls.__qualname__}.name must be a non-empty string")
+
     def __init__(
         self,
         collection: Any,
         logger_dir: str | os.PathLike[str],
-        max_worker: int | None = None,
-        executor: Any = None,
-        task_timeout: int | float | timedelta = timedelta(hours=4),
-        rerun_time_limit: int | float | timedelta | None = None,
+        max_worker: int | None = _UNSET,
+        executor: Any = _UNSET,
+        task_timeout: int | float | timedelta = _UNSET,
+        rerun_time_limit: int | float | timedelta | None = _UNSET,
         *,
         outdate_time: int | float | timedelta | None = None,
-        heartbeat_interval: int | float | timedelta = 10,
-        stale_after: int | float | timedelta | None = None,
-        max_attempts: int = 3,
-        max_retries: int = 0,
-        retry_delay: float = 1.0,
-        retry_backoff: float = 2.0,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-        result_ttl: int | float | timedelta | None = None,
-        api_token: str | None = None,
-        max_content_length: int = MiB,
+        worker: bool | None = None,
+        poll_interval: int | float | timedelta = _UNSET,
+        max_concurrency: int | None = _UNSET,
+        heartbeat_interval: int | float | timedelta = _UNSET,
+        stale_after: int | float | timedelta | None = _UNSET,
+        max_attempts: int = _UNSET,
+        max_retries: int = _UNSET,
+        retry_delay: float = _UNSET,
+        retry_backoff: float = _UNSET,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = _UNSET,
+        result_ttl: int | float | timedelta | None = _UNSET,
+        api_token: str | None = _UNSET,
+        max_content_length: int = _UNSET,
     ) -> None:
+        def option(name: str, given: Any) -> Any:
+            return getattr(type(self), name) if given is _UNSET else given
+
         missing = [m for m in ("find_one", "find_one_and_update", "update_one") if not hasattr(collection, m)]
         if missing:
             raise TypeError(f"collection must behave like a pymongo Collection; it lacks {missing}")
         if not isinstance(logger_dir, (str, os.PathLike)):
             raise TypeError(f"logger_dir must be a path, not {type(logger_dir).__name__}")
+        rerun_time_limit = option("rerun_time_limit", rerun_time_limit)
         if rerun_time_limit is not None and outdate_time is not None:
             raise TypeError("give rerun_time_limit or its alias outdate_time, not both")
-        self.task_timeout = duration("task_timeout", task_timeout)
-        self.rerun_time_limit = duration(
+        self.task_timeout: timedelta = duration("task_timeout", option("task_timeout", task_timeout))
+        self.rerun_time_limit: timedelta | None = duration(
             "rerun_time_limit", outdate_time if rerun_time_limit is None else rerun_time_limit, optional=True
         )
-        self.heartbeat_interval = duration("heartbeat_interval", heartbeat_interval)
-        self.stale_after = duration("stale_after", stale_after, optional=True) or 3 * self.heartbeat_interval
-        self.max_attempts = positive_int("max_attempts", max_attempts)
-        self.max_content_length = positive_int("max_content_length", max_content_length)
-        self.retry = RetryPolicy.from_options(max_retries, retry_delay, retry_backoff, retry_on)
-        self.result_ttl = duration("result_ttl", result_ttl, optional=True)
-        api_token = os.environ.get("ASYNCTASK_API_TOKEN") or None if api_token is None else api_token
-        if api_token is not None and (not isinstance(api_token, str) or not api_token):
+        self.poll_interval: timedelta = duration("poll_interval", option("poll_interval", poll_interval))
+        self.heartbeat_interval: timedelta = duration("heartbeat_interval",
+                                                      option("heartbeat_interval", heartbeat_interval))
+        self.stale_after: timedelta = (
+            duration("stale_after", option("stale_after", stale_after), optional=True) or 3 * self.heartbeat_interval
+        )
+        self.max_attempts = positive_int("max_attempts", option("max_attempts", max_attempts))
+        limit = option("max_concurrency", max_concurrency)
+        self.max_concurrency = None if limit is None else positive_int("max_concurrency", limit)
+        self.max_content_length = positive_int("max_content_length", option("max_content_length", max_content_length))
+        self.retry_policy = RetryPolicy.from_options(
+            option("max_retries", max_retries), option("retry_delay", retry_delay),
+            option("retry_backoff", retry_backoff), option("retry_on", retry_on),
+        )
+        self.result_ttl: timedelta | None = duration("result_ttl", option("result_ttl", result_ttl), optional=True)
+        token = option("api_token", api_token)
+        token = (os.environ.get("ASYNCTASK_API_TOKEN") or None) if token is None else token
+        if token is not None and (not isinstance(token, str) or not token):
             raise TypeError("api_token must be a non-empty string or None")
-        self.api_token = api_token
+        self.api_token = token
+        if worker is None:
+            worker = os.environ.get("ASYNCTASK_NO_WORKER", "") in ("", "0")
+        if not isinstance(worker, bool):
+            raise TypeError(f"worker must be True or False, not {worker!r}")
+        self.worker = worker
         self._signature = Signature(self.main)
-        self._executors = Executors(executor, max_worker, self._progress_from_child)
+        self._executors = Executors(option("executor", executor), option("max_worker", max_worker),
+                                    self._progress_from_child)
         self.collection = collection
-        self._store = TaskStore(collection, self.result_ttl)
-        self._state: _ProcessState | None = None
-        self._state_lock = threading.Lock()
+        self._store = TaskStore(collection, self.name, self.result_ttl)
+        self._workers = Workers(collection)
+        self._limit = None if self.max_concurrency is None else ConcurrencySlots(
+            collection, self.name, self.max_concurrency
+        )
+        self._worker: Worker | None = None
+        self._lock = threading.Lock()
         self._closed = False
         self.logger_dir = Path(logger_dir)
         self.logger_dir.mkdir(parents=True, exist_ok=True)
         _instances.add(self)
+        # A worker starts on first use (a submission, a request), never at import time; but a
+        # gunicorn worker process runs its loop from its start, without waiting for a request.
+        if self.worker and getattr(_autostart, "enabled", True) and multiprocessing.parent_process() is None:
+            where = _gunicorn_role()
+            if where == "master":
+                _deferred.add(self)  # started in each worker process gunicorn forks
+            elif where == "worker":
+                self.start()
 
     @property
     def outdate_time(self) -> timedelta | None:
-        """The upstream name of `rerun_time_limit`."""
+        """The original tool's name of `rerun_time_limit`."""
         return self.rerun_time_limit
-
-    @property
-    def name(self) -> str:
-        """The task type's name, as metrics and the OpenAPI document show it."""
-        return type(self).__name__
 
     # -- hooks a subclass may override ------------------------------------------------------
 
@@ -196,7 +286,7 @@ class AsyncTask:
         return uuid.uuid4().hex
 
     def retrieve(self, task_id: str) -> dict[str, Any] | None:
-        """The public view of the task (CONTRACT section 3), or None if it is unknown."""
+        """The public view of the task, or None if no task of this type has that id."""
         return self._store.public(task_id)
 
     def get_logger(self, task_id: str) -> logging.Logger:
@@ -204,44 +294,53 @@ class AsyncTask:
         return logs.task_logger(task_id)
 
     def callback(self, future: Future, task_id: str) -> Any:
-        """Record how `main` ended: success + result, or failed + error text; returns the result.
+        """Notified when `main` is done, with a done future; returns the result (None on failure).
 
-        A failure the retry policy covers is scheduled again instead, and an attempt stopped
-        by a cancel ends `cancelled`.
+        The lifecycle records each attempt's outcome before it calls this hook, so an override
+        need not call `super()`. Called by hand for a task no attempt of this process runs (as
+        the original tool's users did), it records that outcome, creating the document if needed.
         """
-        current = attempts.current(task_id)
-        number = current.number if current else None
-        extra = {"progress": current.pending_progress} if current and current.pending_progress else {}
-        task_log = self.get_logger(task_id)
-        if current is not None and current.stop_reason == "cancelled":
-            if self._store.finish(task_id, TaskStatus.CANCELLED, attempt=number, error="cancelled", extra=extra):
-                _ended(current, TaskStatus.CANCELLED)
-                task_log.info("task cancelled")
-            return None
-        try:
+        error = future.exception() if not future.cancelled() else CancelledError()
+        if attempts.current(task_id) is not None:
+            return None if error is not None else future.result()
+        if error is None:
             result = future.result()
-            check_result(result)
-        except BaseException as exc:  # noqa: BLE001 - any failure of main fails the task
-            error = _error_text(exc)
-            if current is not None and current.stop_reason is None and self.retry.applies(exc, current.retries):
-                self._schedule_retry(current, error)
-                return None
-            task_log.error("task failed: %s", error)
-            if self._store.finish(task_id, TaskStatus.FAILED, attempt=number, error=error, extra=extra):
-                _ended(current, TaskStatus.FAILED)
-            return None
-        if self._store.finish(task_id, TaskStatus.SUCCESS, attempt=number, result=result, extra=extra):
-            _ended(current, TaskStatus.SUCCESS)
-            task_log.info("task succeeded")
-        else:
-            task_log.warning("result discarded: this attempt is no longer the task's current one")
-        return result
+            try:
+                check_result(result)
+            except AsyncTaskError as exc:
+                error = exc
+            else:
+                self._store.record(task_id, TaskStatus.SUCCESS, result=result)
+                return result
+        self._store.record(task_id, TaskStatus.FAILED, error=_error_text(error))
+        return None
 
     # -- public API -------------------------------------------------------------------------
 
     def run(self, task_id: str = "", **params: Any) -> str:
-        """Submit a task by the run rule (CONTRACT section 1) and return its id."""
-        return self._submit(task_id, params)["task_id"]
+        """Submit a task by the run rule and return its id: with `task_id`, re-run that stored
+        task with its stored params; else `task_id = get_task_id(**params)`."""
+        if task_id == "":
+            task_id = None  # type: ignore[assignment]
+        elif not isinstance(task_id, str):
+            check_task_id(task_id)
+        return self._submit(params, task_id=task_id)["task_id"]
+
+    def submit(
+        self,
+        params: dict[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        priority: int = 0,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+    ) -> str:
+        """`run` with queue options: `priority` (-100..100, higher first), and a `delay` (seconds
+        or timedelta) or `run_at` (an aware datetime) before which the task does not start."""
+        if params is not None and not isinstance(params, dict):
+            raise InvalidParams(f"params must be a dict, not {type(params).__name__}")
+        return self._submit(dict(params or {}), task_id=task_id, priority=priority, delay=delay,
+                            run_at=run_at)["task_id"]
 
     def cancel(self, task_id: str) -> str:
         """Cancel a task: a queued one at once, a running one as soon as its attempt stops.
@@ -251,15 +350,37 @@ class AsyncTask:
         """
         status = self._store.request_cancel(check_task_id(task_id))
         if status == TaskStatus.CANCELLED.value:
-            metrics.finished(self.name, status, None)
-        elif self._state is not None:
-            self._state.stop(task_id, "cancelled")
+            signals.task_finished.send(self, status=status)
+        elif self._worker is not None:
+            self._worker.stop_attempts(task_id, "cancelled")
         return status
+
+    def bulk(self, action: str, status: str | None = None, task_ids: list[str] | None = None) -> dict[str, int]:
+        """Retry the finished tasks, or cancel the unfinished ones, that `status` or `task_ids`
+        select; returns {"matched": n, "changed": n}."""
+        if action not in ("retry", "cancel"):
+            raise InvalidParams(f"action must be 'retry' or 'cancel', not {action!r}")
+        if status is None and task_ids is None:
+            raise InvalidParams("give a status or task_ids to select tasks")
+        if status is not None:
+            status = TaskStatus(status).value
+        if task_ids is not None:
+            if not isinstance(task_ids, list) or len(task_ids) > 1000:
+                raise InvalidParams("task_ids must be a list of at most 1000 task ids")
+            for task_id in task_ids:
+                check_task_id(task_id)
+        counts = self._store.bulk(action, status=status, task_ids=task_ids)
+        if action == "retry" and counts["changed"]:
+            self._wake()
+        if self._worker is not None and action == "cancel":
+            for task_id in task_ids or []:
+                self._worker.stop_attempts(task_id, "cancelled")
+        return counts
 
     def wait(self, task_id: str, timeout: float) -> dict[str, Any] | None:
         """The task's view as soon as it has finished, or after `timeout` seconds as it is then."""
         deadline = time.monotonic() + max(timeout, 0.0)
-        finished = self._process().finished
+        finished = self._runtime().finished
         while True:
             view = self.retrieve(task_id)
             left = deadline - time.monotonic()
@@ -267,13 +388,31 @@ class AsyncTask:
                 return view
             with finished:
                 # Woken at once by a task of this process; other processes' tasks are polled.
-                finished.wait(min(left, POLL_INTERVAL))
+                finished.wait(min(left, LONG_POLL_INTERVAL))
 
-    def list(self, status: str | None = None, limit: int = 50, skip: int = 0) -> dict[str, Any]:
-        """Public views newest first: {"tasks": [...], "total": n, "counts": {status: n}}."""
+    def list(self, status: str | None = None, limit: int = 50, skip: int = 0,
+             search: str | None = None) -> dict[str, Any]:
+        """Public views newest first: {"tasks": [...], "total": n, "counts": {status: n}}.
+
+        `search` keeps the tasks whose id, params or error hold that text.
+        """
         if status is not None:
             status = TaskStatus(status).value
-        return self._store.list(status, limit, skip)
+        return self._store.list(status, limit, skip, search or None)
+
+    def stats(self, minutes: int = 60) -> dict[str, Any]:
+        """Per-minute figures of the last `minutes` (at most 1440), from the task documents."""
+        from .stats import task_stats
+
+        return task_stats(self.collection, self.name, minutes)
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The live workers of this task type (host, pid, types, slots, running, heartbeats)."""
+        return self._workers.live([self.name], self.stale_after)
+
+    def ping(self) -> None:
+        """Raise unless the database answers (the health check)."""
+        self._store.ping()
 
     def update_task(self, task_id: str, data: dict[str, Any]) -> None:
         """Upsert fields of the task's document and stamp `update_time`."""
@@ -284,7 +423,7 @@ class AsyncTask:
         self._store.update(task_id, data)
 
     def app(self, endpoint: str = "/api") -> Any:
-        """A Flask app serving this task at `endpoint` (CONTRACT section 4)."""
+        """A Flask app serving this task at `endpoint`, with /ping, /healthz, /dashboard, ..."""
         from .web import create_app
 
         return create_app(self, endpoint)
@@ -302,224 +441,282 @@ class AsyncTask:
         init_app(app, self, endpoint)
 
     def start(self) -> None:
-        """Start this process's heartbeat and recovery thread now rather than on first use."""
-        if not self._closed:
-            self._process().monitor.start()
+        """Start this process's worker (claims, heartbeats, recovery) now, if it runs one."""
+        if not self._closed and self.worker:
+            self._runtime().start()
 
     def shutdown(self, wait: bool = True, grace: float | None = None) -> int:
-        """Stop the executor and the background thread of this process.
+        """Stop this process's worker and executor.
 
-        With `grace` (seconds), take no new work, give running attempts that long, then hand
-        what is left back to the database (queued, no owner) so another process takes it at
-        once. Without it, `wait` says whether to wait for every attempt to finish. Returns how
-        many attempts were still running when released (their `main` may still be running in
-        a thread: a process that exits should then not wait for it).
+        With `grace` (seconds): take no new work, give running attempts that long, then hand
+        what is left back to the queue so another worker takes it at once. Without it, `wait`
+        says whether to wait for running attempts to finish. Returns how many attempts were
+        still running when released (their `main` may still run in a thread: a process that
+        exits should then not wait for it).
         """
-        with self._state_lock:
-            state, self._state, self._closed = self._state, None, True
-        if state is None:
-            self._executors.shutdown(wait=wait)
-            return 0
-        left: set[Attempt] = set()
-        with state.changed:
-            state.stopping = True
-        if grace is None:
-            self._executors.shutdown(wait=wait)
-        else:
-            self._executors.slots().shutdown(wait=False, cancel_futures=True)
-            left = state.drain(timeout=max(grace, 0))
-            state.monitor.stop()
-            released = self._store.release(state.owner)
-            for attempt in left:
-                attempt.stop("shutdown")
-            if released:
-                logger.info("shutdown: released %d unfinished task(s) of %s", released, state.owner)
-            self._executors.shutdown(wait=False)
-        state.monitor.stop()
-        return len(left)
+        with self._lock:
+            worker, self._worker, self._closed = self._worker, None, True
+        _deferred.discard(self)
+        left = 0
+        if worker is not None:
+            left = worker.stop(grace if grace is not None else (None if wait else 0.0), release=grace is not None)
+        self._executors.shutdown(wait=wait and grace is None)
+        return left
 
     # -- the lifecycle ----------------------------------------------------------------------
 
-    def _submit(self, task_id: str, params: dict[str, Any], trace_id: str | None = None) -> dict[str, Any]:
-        """Validate, then claim by the run rule; returns the task's document as the claim left it."""
-        if task_id:
+    def _submit(
+        self, params: dict[str, Any], *, task_id: str | None = None, priority: Any = 0, delay: Any = None,
+        run_at: Any = None, trace_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Validate, then submit by the run rule; returns the task's document as it was left."""
+        priority, due = queue_options(priority, delay, run_at)
+        if task_id is not None:
             check_task_id(task_id)
             if params:
                 raise InvalidParams("task_id re-runs a stored task with its stored params; give no other params")
             params = self._store.stored_params(task_id)
         else:
-            if not isinstance(task_id, str):
-                check_task_id(task_id)
-            self._signature.check(params)
-            try:
-                task_id = self.get_task_id(**params)
-            except (TypeError, ValueError) as exc:
-                if isinstance(exc, AsyncTaskError):
-                    raise
-                raise InvalidParams(f"get_task_id refused the params: {exc}") from exc
-            check_task_id(task_id)
+            params = self._signature.check(params)
+            task_id = self._task_id_for(params)
         if self._closed:
             raise ShuttingDown("this task service is shut down and takes no new task")
-        state = self._process()
-        doc, claimed = self._store.claim(
-            task_id, params, owner=state.owner, stale_after=self.stale_after,
-            rerun_after=self.rerun_time_limit, trace_id=trace_id or uuid.uuid4().hex,
-        )
-        if claimed:
-            metrics.submitted(self.name)
-            self._dispatch(state, _attempt_of(doc))
+        worker = self._runtime()
+        if self.worker:
+            worker.start()
+        reserved = due is None and self._limit is None and worker.reserve()
+        deadline = utcnow() + self.task_timeout
+        claim_for = self._store.claim_fields(worker.owner, worker.name, deadline) if reserved else None
+        try:
+            doc, submitted = self._store.submit(
+                task_id, params, priority=priority, run_at=due, stale_after=self.stale_after,
+                rerun_after=self.rerun_time_limit, trace_id=trace_id or uuid.uuid4().hex, claim_for=claim_for,
+            )
+        except BaseException:
+            if reserved:
+                worker.unreserve()
+            raise
+        if submitted:
+            signals.task_submitted.send(self, task_id=task_id)
+        if submitted and reserved and doc["status"] == TaskStatus.RUNNING.value:
+            worker.dispatch(_attempt_of(doc), deadline, reserved=True)
+        else:
+            if reserved:
+                worker.unreserve()
+            if submitted:
+                self._wake()
         return doc
 
-    def _process(self) -> _ProcessState:
-        state = self._state
-        if state is None or state.pid != os.getpid():
-            with self._state_lock:
-                if self._state is None or self._state.pid != os.getpid():
-                    self._state = _ProcessState(self)
-                state = self._state
-        return state
-
-    def _dispatch(self, state: _ProcessState, attempt: Attempt) -> None:
-        """Hand a claimed attempt to a slot; the slot is free again once it ends or is dropped."""
-        state.monitor.start()
-        state.add(attempt)
-        future = self._executors.slots().submit(self._run_attempt, state, attempt)
-        future.add_done_callback(lambda _: state.discard(attempt))
-
-    def _run_attempt(self, state: _ProcessState, attempt: Attempt) -> None:
-        """One attempt, start to end, in a slot thread."""
-        deadline = utcnow() + self.task_timeout
-        if not self._store.start(attempt.task_id, attempt.number, state.owner, deadline):
-            return
-        metrics.started(self.name)
-        began = time.monotonic()
-        state.monitor.track(attempt, deadline)
-        attempt.reporter = functools.partial(self._store.progress, attempt.task_id, attempt.number)
+    def _task_id_for(self, params: dict[str, Any]) -> str:
         try:
-            with attempts.running(attempt), logs.opened(
-                self.get_logger(attempt.task_id), self.logger_dir, attempt.task_id, attempt.trace_id
-            ) as task_log:
-                self._callback_safely(self._call(attempt, task_log), attempt)
-        finally:
-            state.monitor.untrack(attempt)
-            if attempt.outcome is not None:
-                metrics.finished(self.name, attempt.outcome, time.monotonic() - began)
-            else:
-                metrics.stopped(self.name)
-            with state.finished:
-                state.finished.notify_all()
+            task_id = self.get_task_id(**params)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, AsyncTaskError):
+                raise
+            raise InvalidParams(f"get_task_id refused the params: {exc}") from exc
+        return check_task_id(task_id)
 
-    def _call(self, attempt: Attempt, task_log: logging.Logger) -> Future:
-        """Run `main` in this thread or on the remote executor; a done future either way."""
+    def _claim(self, worker: Worker) -> tuple[Attempt, datetime] | None:
+        """Claim the next due task for `worker`, within `max_concurrency` when it is set."""
+        slot = self._limit.acquire() if self._limit is not None else None
+        if self._limit is not None and slot is None:
+            return None
+        deadline = utcnow() + self.task_timeout
+        doc = self._store.claim(self._store.claim_fields(worker.owner, worker.name, deadline))
+        if self._limit is not None and slot is not None:
+            if doc is None:
+                self._limit.free(slot)
+            else:
+                self._limit.bind(slot, doc["task_id"], doc["attempts"])
+        return None if doc is None else (_attempt_of(doc), deadline)
+
+    def _run_attempt(self, worker: Worker, attempt: Attempt) -> None:
+        """One attempt, in a slot thread: execute, record the outcome, notify the hook."""
+        signals.attempt_started.send(self, attempt=attempt)
+        attempt.reporter = functools.partial(self._store.progress, attempt.task_id, attempt.number)
+        began = time.monotonic()
+        with attempts.running(attempt), logs.opened(
+            self.get_logger(attempt.task_id), self.logger_dir, attempt.task_id, attempt.trace_id
+        ) as task_log:
+            outcome = self._execute(attempt, task_log)
+            self._record(worker, attempt, outcome)
+            self._notify(attempt, outcome)
+        signals.attempt_ended.send(self, attempt=attempt, ending=outcome.ending, seconds=time.monotonic() - began)
+
+    def _execute(self, attempt: Attempt, task_log: logging.Logger) -> Outcome:
+        """Run `main` in this thread, or on the executor it is sent to; conclude how it ended."""
         remote = self._executors.remote()
-        if remote is None:
-            try:
-                return _done(result=self.main(logger=task_log, **attempt.params))
-            except BaseException as exc:  # noqa: BLE001 - recorded as the task's error
-                return _done(exception=exc)
+        try:
+            if remote is None:
+                result = self.main(logger=task_log, **attempt.params)
+            else:
+                result = self._execute_remote(remote, attempt)
+            check_result(result)
+        except BaseException as exc:  # noqa: BLE001 - any failure of main is the attempt's outcome
+            return self._conclude(attempt, error=exc)
+        return self._conclude(attempt, result=result)
+
+    def _execute_remote(self, remote: Executor, attempt: Attempt) -> Any:
+        """Send `main` to another executor and wait for it, a stop, or the timeout."""
         future = remote.submit(call_main, self, attempt)
         future.add_done_callback(lambda _: attempt.wake.set())
         attempt.wake.wait(self.task_timeout.total_seconds())
-        if future.done() and not future.cancelled():
-            return _outcome(future, attempt)
-        future.cancel()  # ends the child on a killable pool
-        if attempt.stop_reason in (None, "timeout"):
-            return _done(exception=TaskTimeout(f"task ran longer than task_timeout ({self.task_timeout})"))
-        return _done(exception=CancelledError(f"attempt stopped: {attempt.stop_reason}"))
+        if not future.done() or future.cancelled():
+            future.cancel()  # ends the child on a killable pool
+            if attempt.stop_reason is None:
+                attempt.stop("timeout")
+            raise CancelledError(f"attempt stopped: {attempt.stop_reason}")
+        error = future.exception()
+        if error is not None:
+            attempt.pending_progress = getattr(error, "asynctask_progress", None)
+            raise error
+        done = future.result()
+        attempt.pending_progress = done.progress
+        return done.result
 
-    def _callback_safely(self, future: Future, attempt: Attempt) -> None:
-        """Call the `callback` hook; if it raises, log it and fail the attempt instead."""
+    def _conclude(self, attempt: Attempt, *, result: Any = None, error: BaseException | None = None) -> Outcome:
+        """How the attempt ended: the one place that decides it."""
+        if attempt.stop_reason == "cancelled":
+            return Outcome(Ending.CANCELLED, error="cancelled")
+        if attempt.stop_reason == "timeout":
+            return Outcome(Ending.TIMED_OUT, error=self._timeout_error())
+        if attempt.stop_reason == "shutdown":
+            return Outcome(Ending.RELEASED)
+        if error is None:
+            return Outcome(Ending.SUCCEEDED, result=result)
+        text = _error_text(error)
+        if self.retry_policy.applies(error, attempt.retries):
+            return Outcome(Ending.RETRY, error=text, exception=error)
+        return Outcome(Ending.FAILED, error=text, exception=error)
+
+    def _record(self, worker: Worker, attempt: Attempt, outcome: Outcome) -> None:
+        """Write the outcome, fenced by the attempt number; retried while the database is away.
+
+        If it cannot be written at all, the task is no longer heartbeated: it becomes an orphan
+        that runs again, never `running` for ever.
+        """
+        task_log = self.get_logger(attempt.task_id)
+        for pause in (*RECORD_BACKOFF, None):
+            try:
+                written = self._write(worker, attempt, outcome)
+                break
+            except ConnectionFailure as exc:
+                if pause is None:
+                    logger.error("could not record the outcome of task %s (%s); it will run again",
+                                 attempt.task_id, exc)
+                    worker.let_go(attempt)
+                    return
+                logger.warning("recording task %s failed (%s); trying again in %gs", attempt.task_id, exc, pause)
+                time.sleep(pause)
+        worker.let_go(attempt)
+        if self._limit is not None:
+            with contextlib.suppress(Exception):
+                self._limit.release(attempt.task_id, attempt.number)
+        status = outcome.ending.status.value
+        if written and status in FINISHED:
+            attempt.outcome = status
+        if not written:
+            task_log.warning("result discarded: this attempt is no longer the task's current one")
+        elif outcome.ending is Ending.RETRY:
+            assert outcome.error is not None
+            task_log.warning("attempt failed; retry %d of %d in %.3gs: %s", attempt.retries + 1,
+                             self.retry_policy.max_retries, self.retry_policy.wait(attempt.retries).total_seconds(),
+                             outcome.error.splitlines()[-1])
+        elif outcome.ending is Ending.SUCCEEDED:
+            task_log.info("task succeeded")
+        elif outcome.ending is not Ending.RELEASED:
+            task_log.error("task %s: %s", status, outcome.error)
+
+    def _write(self, worker: Worker, attempt: Attempt, outcome: Outcome) -> bool:
+        """The store write that records `outcome`; False when the attempt was superseded."""
+        task_id, number, store = attempt.task_id, attempt.number, self._store
+        extra = {"progress": attempt.pending_progress} if attempt.pending_progress else {}
+        ending = outcome.ending
+        if ending is Ending.RETRY:
+            wait = self.retry_policy.wait(attempt.retries)
+            assert outcome.error is not None
+            if not store.retry_later(task_id, number, retries=attempt.retries + 1, error=outcome.error,
+                                     at=utcnow() + wait):
+                return False
+            worker.wake_at(time.monotonic() + wait.total_seconds())
+            return True
+        if ending is Ending.RELEASED:
+            return store.release(worker.owner, [task_id]) == 1
+        return store.finish(task_id, ending.status, attempt=number, result=outcome.result, error=outcome.error,
+                            extra=extra)
+
+    def _notify(self, attempt: Attempt, outcome: Outcome) -> None:
+        """Call the `callback` hook for a final ending; an error it raises is logged, never recorded."""
+        if outcome.ending in (Ending.RETRY, Ending.RELEASED):
+            return
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        if outcome.ending is Ending.SUCCEEDED:
+            future.set_result(outcome.result)
+        else:
+            future.set_exception(outcome.exception or _stopped(outcome))
         try:
             self.callback(future, attempt.task_id)
-        except Exception as exc:
-            logger.exception("callback of task %s failed", attempt.task_id)
-            self._store.finish(
-                attempt.task_id, TaskStatus.FAILED, attempt=attempt.number,
-                error=f"recording the task's outcome failed: {type(exc).__name__}: {exc}",
-            )
-
-    def _schedule_retry(self, attempt: Attempt, error: str) -> None:
-        """Queue a failed attempt again for later; any process's sweep takes it when due."""
-        wait = self.retry.wait(attempt.retries)
-        if self._store.schedule_retry(
-            attempt.task_id, attempt.number, retries=attempt.retries + 1, error=error, at=utcnow() + wait
-        ):
-            self.get_logger(attempt.task_id).warning(
-                "attempt failed; retry %d of %d in %.3gs: %s",
-                attempt.retries + 1, self.retry.max_retries, wait.total_seconds(), error.splitlines()[-1],
-            )
-            self._process().monitor.sweep_at(time.monotonic() + wait.total_seconds())
+        except Exception:
+            logger.exception("the callback hook of task %s raised", attempt.task_id)
+            self.get_logger(attempt.task_id).exception("the callback hook raised")
 
     def _time_out(self, attempt: Attempt) -> None:
-        """Fail an attempt past its deadline; its late result is then fenced out."""
-        error = f"TaskTimeout: task ran longer than task_timeout ({self.task_timeout})"
-        if self._store.finish(attempt.task_id, TaskStatus.FAILED, attempt=attempt.number, error=error):
-            _ended(attempt, TaskStatus.FAILED)
+        """Fail an attempt past its deadline (from the worker's loop); its late result is fenced out."""
+        if self._store.finish(attempt.task_id, TaskStatus.FAILED, attempt=attempt.number, error=self._timeout_error()):
+            attempt.outcome = TaskStatus.FAILED.value
             self.get_logger(attempt.task_id).error("task timed out after %s", self.task_timeout)
         attempt.stop("timeout")
+
+    def _timeout_error(self) -> str:
+        return f"TaskTimeout: task ran longer than task_timeout ({self.task_timeout})"
+
+    def _sweep(self) -> None:
+        """Recovery, from the worker's loop: orphans back to the queue, stuck slots freed, old logs removed."""
+        requeued, failed = self._store.requeue_orphans(self.stale_after, self.max_attempts)
+        if requeued:
+            logger.warning("%s: %d task(s) of silent workers went back to the queue", self.name, requeued)
+            self._wake()
+        if failed:
+            logger.warning("%s: failed %d task(s) after %d lost workers", self.name, failed, self.max_attempts)
+            signals.task_finished.send(self, status=TaskStatus.FAILED.value, count=failed)
+        if self._limit is not None:
+            self._limit.reap(self.stale_after)
+        if self.result_ttl is not None:
+            expiry.remove_expired_logs(self.logger_dir, self.result_ttl, self._store.existing)
 
     def _progress_from_child(self, task_id: str, number: int, percent: float, message: str | None) -> None:
         """Progress a child process reported (already throttled there)."""
         self._store.progress(task_id, number, percent, message)
 
-    def _recover(self) -> None:
-        """The sweep: stop attempts cancelled elsewhere, fail lost orphans, take over the rest."""
-        state = self._process()
-        for task_id, number in self._store.cancel_requests(state.owner):
-            state.stop(task_id, "cancelled", number)
-        lost = self._store.fail_lost(self.stale_after, self.max_attempts)
-        if lost:
-            logger.warning("failed %d orphaned task(s) after %d attempts", lost, self.max_attempts)
-            for _ in range(lost):
-                metrics.finished(self.name, TaskStatus.FAILED.value, None)
-        while state.free_slots() > 0:
-            doc = self._store.claim_orphan(state.owner, self.stale_after, self.max_attempts)
-            if doc is None:
-                break
-            logger.info("took over task %s (attempt %d)", doc["task_id"], doc["attempts"])
-            self._dispatch(state, _attempt_of(doc))
-        if self.result_ttl is not None:
-            self._expire_logs(state)
+    def _runtime(self) -> Worker:
+        """This process's worker for this task type, made on first use."""
+        worker = self._worker
+        if worker is None:
+            with self._lock:
+                if self._worker is None:
+                    self._worker = Worker(self, self._executors.capacity, claiming=self.worker)
+                worker = self._worker
+        return worker
 
-    def _expire_logs(self, state: _ProcessState) -> None:
-        """Remove log files of tasks the TTL index has removed (checked at most once a minute)."""
-        now = time.monotonic()
-        if now < state.next_log_sweep:
-            return
-        assert self.result_ttl is not None
-        state.next_log_sweep = now + min(60.0, self.result_ttl.total_seconds())
-        cutoff = time.time() - self.result_ttl.total_seconds()
-        old = {
-            task_id: paths for task_id, paths in logs.log_files(self.logger_dir).items()
-            if all(_modified(path) < cutoff for path in paths)
-        }
-        ids = list(old)
-        for start in range(0, len(ids), 500):
-            batch = ids[start:start + 500]
-            for task_id in set(batch) - self._store.existing(batch):
-                for path in old[task_id]:
-                    path.unlink(missing_ok=True)
+    def _wake(self) -> None:
+        """A task became due: let this process's worker claim without waiting for its poll."""
+        if self._worker is not None:
+            self._worker.wake()
+
+    def _start_worker(self, concurrency: int | None) -> None:
+        """Run as a dedicated worker with `concurrency` slots (the `asynctask worker` command)."""
+        if concurrency is not None:
+            self._executors.max_worker = positive_int("concurrency", concurrency)
+        self.worker = True
+        self.start()
 
     def __getstate__(self) -> dict[str, Any]:
-        """What a child process needs to run `main`: no collection, pool or thread."""
+        """What a child process needs to run `main`: no collection, pool, thread or lock."""
         state = self.__dict__.copy()
-        for name in ("collection", "_store", "_executors", "_state", "_state_lock"):
+        for name in ("collection", "_store", "_executors", "_worker", "_lock", "_workers", "_limit", "_signature"):
             state.pop(name, None)
         return state
-
-
-def _modified(path: Path) -> float:
-    """When a file was last written; a file another process just removed counts as new."""
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return float("inf")
-
-
-def _ended(attempt: Attempt | None, status: TaskStatus) -> None:
-    """Note the final status an attempt wrote (for metrics)."""
-    if attempt is not None and attempt.outcome is None:
-        attempt.outcome = status.value
 
 
 def _attempt_of(doc: dict[str, Any]) -> Attempt:
@@ -530,29 +727,16 @@ def _attempt_of(doc: dict[str, Any]) -> Attempt:
     )
 
 
-def _outcome(future: Future, attempt: Attempt) -> Future:
-    """`main`'s result from `call_main`; its last progress is kept to be written with the outcome."""
-    error = future.exception()
-    if error is not None:
-        attempt.pending_progress = getattr(error, "asynctask_progress", None)
-        return future
-    outcome = future.result()
-    attempt.pending_progress = outcome.progress
-    return _done(result=outcome.result)
-
-
-def _done(*, result: Any = None, exception: BaseException | None = None) -> Future:
-    future: Future = Future()
-    future.set_running_or_notify_cancel()
-    if exception is not None:
-        future.set_exception(exception)
-    else:
-        future.set_result(result)
-    return future
+def _stopped(outcome: Outcome) -> BaseException:
+    """The exception a stopped attempt's future carries for the callback hook."""
+    if outcome.ending is Ending.TIMED_OUT:
+        return TaskTimeout(outcome.error or "task timed out")
+    return CancelledError(outcome.error or "cancelled")
 
 
 def _error_text(exc: BaseException) -> str:
-    """The error stored for a failed task: a traceback, or one line for our own errors."""
+    """The error stored for a failed task: the user's frames, or one line for our own errors."""
     if isinstance(exc, AsyncTaskError):
         return "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    return logs.format_exception(exc).strip()
+    return logs.public_error(exc).strip()
+

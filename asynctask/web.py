@@ -1,4 +1,4 @@
-"""The HTTP API (CONTRACT sections 4 and 8): routes, the response envelope, errors, auth, tracing.
+"""The HTTP API: routes, the response envelope, errors, auth, tracing.
 
 Every JSON answer, errors included, is the envelope
 `{"status": "ok"|"error", "data": ..., "error_data": [...], "error_msg": "..."}`.
@@ -18,7 +18,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, 
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, Unauthorized
 
 from . import logs
-from .errors import AsyncTaskError, InvalidParams, TaskNotFound
+from .errors import AsyncTaskError, TaskNotFound
 from .jsonable import jsonable
 from .status import TaskStatus
 from .validation import check_task_id
@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 EXTENSION = "asynctask"
 MAX_WAIT = 60.0
 MAX_LIMIT = 1000
+#: The largest `skip` MongoDB takes (a 64-bit int); the list refuses more with a 400.
+MAX_SKIP = 2**31 - 1
+MAX_SEARCH = 200
+MAX_STATS_MINUTES = 1440
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 
 
@@ -57,21 +61,67 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _json_body(required: bool) -> dict[str, Any] | None:
-    """The request body as a JSON object; None when absent and not `required`."""
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; one too large for a float (`1e400`) is not taken as infinity."""
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+#: A JSON escape of a UTF-16 surrogate: the body may hold a lone one, which is not Unicode.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+#: The HTTP methods `/metrics` counts by name; any other is counted as "other".
+STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: The largest `skip` (and other integer query parameter) taken: what MongoDB takes for sure.
+MAX_INT_ARG = 2**31 - 1
+
+
+def _read_body() -> bytes:
+    """The request body, whole: 413 when it is over the size limit, even without Content-Length.
+
+    werkzeug cuts a body sent without Content-Length (chunked) at `max_content_length`
+    rather than refuse it; a body cut short is never parsed.
+    """
+    from werkzeug.exceptions import RequestEntityTooLarge
+
     raw = request.get_data(cache=True)
+    limit = g.get("asynctask_max_content_length") or request.max_content_length
+    if limit is None:
+        return raw
+    if len(raw) > limit:
+        raise RequestEntityTooLarge()
+    if request.content_length is None and len(raw) == limit and request.input_stream.read(1):
+        raise RequestEntityTooLarge()
+    return raw
+
+
+def _json_body(required: bool) -> dict[str, Any] | None:
+    """The request body as a JSON object; None when absent and not `required`.
+
+    Refused (400): not JSON, NaN/Infinity, a number too large for a float (`1e400`), a string
+    or key that is not valid Unicode (a lone surrogate such as "\\ud800"), and anything but an
+    object at the top.
+    """
+    from .validation import unsafe_value
+
+    raw = _read_body()
     if not raw.strip():
         if required:
             raise BadRequest("request body must be a JSON object")
         return None
     try:
-        body = json.loads(raw, parse_constant=_refuse_constant)
+        body = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError as exc:
         raise BadRequest("request body is nested too deeply") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise BadRequest(f"request body must be a JSON object, not {type(body).__name__}")
+    if _SURROGATE_ESCAPE.search(raw):
+        problem = unsafe_value(body, "request body", max_depth=None)
+        if problem:
+            raise BadRequest(problem)
     return body
 
 
@@ -84,16 +134,28 @@ def _optional_body() -> dict[str, Any] | None:
 
 
 def _number_arg(name: str, default: float, low: float, high: float | None = None, *, integer: bool = False) -> Any:
-    """A numeric query parameter within [low, high], or a 400 naming it."""
+    """A numeric query parameter within [low, high], or a 400 naming it.
+
+    An integer parameter is at most `MAX_INT_ARG` unless `high` says otherwise; a number
+    parameter is finite.
+    """
     raw = request.args.get(name)
     if raw is None:
         return default
+    if integer and high is None:
+        high = MAX_INT_ARG
+    kind = "an integer" if integer else "a number"
     try:
+        if integer and not re.fullmatch(r"[+-]?[0-9]{1,30}", raw.strip()):
+            raise ValueError(raw)
         value = int(raw) if integer else float(raw)
     except ValueError:
-        raise BadRequest(f"{name} must be {'an integer' if integer else 'a number'}, not {raw!r}") from None
-    if not (low <= value and (high is None or value <= high)):
-        raise BadRequest(f"{name} must be between {low:g} and {high:g}" if high is not None else f"{name} must be at least {low:g}")
+        raise BadRequest(f"{name} must be {kind}, not {raw[:40]!r}") from None
+    if not (low <= value and (high is None or value <= high)):  # NaN is in no range
+        bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+        if integer:
+            bounds = f"between {low:.0f} and {high:.0f}" if high is not None else f"at least {low:.0f}"
+        raise BadRequest(f"{name} must be {kind} {bounds}")
     return value
 
 
@@ -130,12 +192,23 @@ def create_blueprint(task: AsyncTask, endpoint: str = "/api", name: str | None =
 
     @blueprint.before_request
     def before() -> None:
+        from werkzeug.exceptions import UnsupportedMediaType
+
         _trace()
         _check_token([task.api_token] if task.api_token else [])
         if request.content_length is not None and request.content_length > task.max_content_length:
             raise RequestEntityTooLarge()
+        g.asynctask_max_content_length = task.max_content_length
         with contextlib.suppress(AttributeError):  # Flask < 3.1: the Content-Length check above does
             request.max_content_length = task.max_content_length
+        # Only a JSON body is read, and a browser sends one cross-site only after a CORS
+        # preflight: no web page can submit a task with a plain form post.
+        with_body = bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+        if (request.method in ("POST", "PUT", "PATCH") or (request.method == "DELETE" and with_body)) \
+                and request.mimetype != "application/json":
+            raise UnsupportedMediaType(
+                f"Content-Type must be application/json, not {request.mimetype or 'none'!r}"
+            )
         # A serving process heartbeats and recovers orphans before it takes its first task.
         task.start()
 
@@ -158,10 +231,14 @@ def create_blueprint(task: AsyncTask, endpoint: str = "/api", name: str | None =
         if not isinstance(params, dict):
             raise BadRequest(f"'data' must be an object of params, not {type(params).__name__}")
         params = dict(params)
-        task_id = params.pop("task_id", "")
-        if task_id == "" and "task_id" in body["data"]:
-            raise InvalidParams("task_id may not be empty")
-        doc = task._submit(task_id, params, trace_id=g.asynctask_trace_id)
+        task_id = check_task_id(params.pop("task_id")) if "task_id" in params else None
+        unknown = sorted(set(body) - {"data", "priority", "delay", "run_at"})
+        if unknown:
+            raise BadRequest(f"unexpected field(s) in the body: {', '.join(unknown)}")
+        doc = task._submit(
+            params, task_id=task_id, priority=body.get("priority", 0), delay=body.get("delay"),
+            run_at=body.get("run_at"), trace_id=g.asynctask_trace_id,
+        )
         response = envelope({"task_id": doc["task_id"], "status": doc["status"]}, 202)
         response.headers["Location"] = url_for(f".{show_by_path.__name__}", task_id=doc["task_id"])
         response.headers["Retry-After"] = "1"
@@ -177,8 +254,31 @@ def create_blueprint(task: AsyncTask, endpoint: str = "/api", name: str | None =
         if status is not None and status not in {s.value for s in TaskStatus}:
             raise BadRequest(f"status must be one of {', '.join(s.value for s in TaskStatus)}")
         limit = _number_arg("limit", 50, 1, MAX_LIMIT, integer=True)
-        skip = _number_arg("skip", 0, 0, integer=True)
-        return envelope(task.list(status, limit, skip))
+        skip = _number_arg("skip", 0, 0, MAX_SKIP, integer=True)
+        search = request.args.get("q") or None
+        if search is not None and len(search) > MAX_SEARCH:
+            raise BadRequest(f"q may hold at most {MAX_SEARCH} characters")
+        return envelope(task.list(status, limit, skip, search))
+
+    @blueprint.post(f"{endpoint}/bulk")
+    def bulk() -> Response:
+        body = _json_body(required=True)
+        assert body is not None
+        unknown = sorted(set(body) - {"action", "status", "task_ids"})
+        if unknown:
+            raise BadRequest(f"unexpected field(s) in the body: {', '.join(unknown)}")
+        action, status, task_ids = body.get("action"), body.get("status"), body.get("task_ids")
+        if action not in ("retry", "cancel"):
+            raise BadRequest("action must be 'retry' or 'cancel'")
+        if status is not None and (not isinstance(status, str) or status not in {s.value for s in TaskStatus}):
+            raise BadRequest(f"status must be one of {', '.join(s.value for s in TaskStatus)}")
+        if task_ids is not None and not isinstance(task_ids, list):
+            raise BadRequest("task_ids must be a list of task ids")
+        return envelope(task.bulk(action, status, task_ids))
+
+    @blueprint.get(f"{endpoint}/stats")
+    def stats() -> Response:
+        return envelope(task.stats(_number_arg("minutes", 60, 1, MAX_STATS_MINUTES, integer=True)))
 
     @blueprint.get(f"{endpoint}/<task_id>")
     def show_by_path(task_id: str) -> Response:
@@ -193,7 +293,11 @@ def create_blueprint(task: AsyncTask, endpoint: str = "/api", name: str | None =
     @blueprint.get(f"{endpoint}/<task_id>/log")
     def log(task_id: str) -> Response:
         check_task_id(task_id)
-        read = logs.read_log(task.logger_dir, task_id, _number_arg("offset", 0, 0, integer=True))
+        offset = _number_arg("offset", 0, 0, 2**63 - 1, integer=True)
+        # Only a task of this type has a log here: no other file in logger_dir is ever served.
+        if task.retrieve(task_id) is None:
+            raise TaskNotFound(f"task {task_id!r} not found")
+        read = logs.read_log(task.logger_dir, task_id, offset)
         if read is None:
             raise TaskNotFound(f"task {task_id!r} has no log")
         chunk, next_offset = read
@@ -258,18 +362,30 @@ def _register_service_routes(app: Flask) -> None:
     def healthz() -> Response:
         try:
             for task, _ in _tasks():
-                task._store.ping()
+                task.ping()
         except Exception:
             logger.warning("health check: the database did not answer", exc_info=True)
             return envelope({"database": "unreachable"}, 503, error_msg="the database does not answer")
         return envelope({"database": "ok"})
+
+    @app.get("/workers")
+    def workers() -> Response:
+        protected()
+        tasks = [task for task, _ in _tasks()]
+        types = sorted({task.name for task in tasks})
+        seen: dict[int, Any] = {id(task.collection): task for task in tasks}
+        found: dict[str, dict[str, Any]] = {}
+        for task in seen.values():
+            for entry in task._workers.live(types, task.stale_after):
+                found.setdefault(entry["worker"], entry)
+        return envelope({"workers": sorted(found.values(), key=lambda w: (w["host"], w["pid"]))})
 
     @app.get("/metrics")
     def metrics() -> Response:
         protected()
         from . import metrics as prometheus
 
-        body, content_type = prometheus.render()
+        body, content_type = prometheus.render(task for task, _ in _tasks())
         return Response(body, content_type=content_type)
 
     @app.get("/openapi.json")
@@ -284,12 +400,18 @@ def _register_service_routes(app: Flask) -> None:
         from . import metrics as prometheus
 
         route = request.url_rule.rule if request.url_rule else "<unmatched>"
-        prometheus.request(request.method, route, response.status_code)
+        # A made-up method name (`FOO /api`) is not a new label each time.
+        method = request.method if request.method in STANDARD_METHODS else "other"
+        prometheus.request(method, route, response.status_code)
         return response
 
     app.before_request(_trace)
     app.after_request(_echo_trace)
     register_error_handlers(app)
+
+    from .dashboard import blueprint as dashboard_blueprint
+
+    app.register_blueprint(dashboard_blueprint())  # GET /dashboard
 
 
 def _attach(app: Flask, task: AsyncTask, endpoint: str) -> None:

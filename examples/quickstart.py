@@ -1,6 +1,7 @@
 """Quickstart: a word counter served over HTTP.
 
-Run:  gunicorn 'examples.quickstart:app' --bind 127.0.0.1:8000
+Run:  gunicorn 'examples.quickstart:app' --bind 127.0.0.1:8000 \
+          --worker-class gthread --threads 8 --timeout 120
 Then: curl -s -X POST localhost:8000/api -H 'Content-Type: application/json' \
            -d '{"data": {"text": "to be or not to be", "top": 2}}'
       curl -s localhost:8000/api/<task_id>

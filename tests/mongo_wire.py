@@ -173,6 +173,17 @@ class _Cursors:
         return {"cursorsKilled": killed, "cursorsNotFound": not_found, "cursorsAlive": [], "cursorsUnknown": [], "ok": 1.0}
 
 
+def _indexed_client() -> Any:
+    """asynctask's indexed mongomock client (queries read only the documents an index yields),
+    or plain mongomock when asynctask cannot be imported."""
+    try:
+        from asynctask.memory_index import IndexedMongoClient
+    except Exception:  # noqa: BLE001 - a broken checkout must not take the test server down
+        log.warning("asynctask.memory_index unavailable; serving plain mongomock", exc_info=True)
+        return mongomock.MongoClient()
+    return IndexedMongoClient()
+
+
 class MockBackend:
     """Executes decoded commands against one mongomock client.
 
@@ -182,7 +193,7 @@ class MockBackend:
     """
 
     def __init__(self) -> None:
-        self.client = mongomock.MongoClient()
+        self.client = _indexed_client()
         self.lock = threading.Lock()
         self.cursors = _Cursors()
         self._connection_ids = itertools.count(1)

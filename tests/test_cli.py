@@ -12,11 +12,13 @@ import os
 import subprocess
 import sys
 import threading
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import Flask, jsonify, request
 from tasks import Echo, Gate, Typed
 from werkzeug.serving import make_server
 
@@ -171,7 +173,7 @@ def test_wait_exit_code_in_a_real_process(serve, fail, exit_code):
         assert json.loads(done.stdout) == [1, 2] and done.stderr == ""
 
 
-# -- cancel, list, token (server side: CONTRACT section 8) ------------------------------------
+# -- cancel, list, token -----------------------------------------------------------------------
 
 def test_cancel_then_wait_exits_1(serve, capsys):
     url, task = serve(Gate, max_worker=1)
@@ -227,3 +229,101 @@ def test_progress_without_percent_shows_the_status():
 def test_progress_line_fits_the_terminal():
     view = {"status": "running", "progress": {"percent": 50, "message": "x" * 500}}
     assert len(render_progress(view, columns=60)) == 59
+
+
+# -- the URL, queue options, serve and worker ---------------------------------------------------------
+
+def test_the_url_may_be_the_endpoints_own(serve, capsys):
+    url, task = serve(Typed)
+    code, out, err = run(capsys, "submit", url + "/api/", "text=a b", "top=1")
+    assert (code, err) == (0, "")
+    task_id = out.strip()
+    code, out, err = run(capsys, "wait", url + "/api", task_id, "--timeout", "10")
+    assert (code, json.loads(out)) == (0, ["a"])
+
+
+@pytest.fixture
+def recorded(make_task: Callable[..., AsyncTask]) -> Iterator[tuple[str, list]]:
+    """A fake service that records the JSON body of each POST and answers with task id "t"."""
+    bodies: list[Any] = []
+    app = Flask("recorder")
+
+    @app.post("/api")
+    def submit() -> Any:
+        bodies.append(request.get_json())
+        return jsonify({"status": "ok", "data": {"task_id": "t", "status": "queued"}, "error_data": [],
+                        "error_msg": ""}), 202
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", bodies
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_submit_with_queue_options_anywhere_among_the_params(recorded, capsys):
+    url, bodies = recorded
+    code, out, err = run(capsys, "submit", url, "text=a", "--priority", "5", "top=2", "--delay", "30")
+    assert (code, out.strip(), err) == (0, "t", "")
+    code, out, err = run(capsys, "submit", "--run-at", "2030-01-01T09:00:00+01:00", url, "text=b")
+    assert (code, err) == (0, "")
+    assert bodies == [
+        {"data": {"text": "a", "top": 2}, "priority": 5, "delay": 30.0},
+        {"data": {"text": "b"}, "run_at": "2030-01-01T09:00:00+01:00"},
+    ]
+
+
+@pytest.mark.parametrize("options", [
+    ["--priority", "101"], ["--priority", "high"], ["--delay", "-1"], ["--run-at", "2030-01-01T09:00:00"],
+    ["--run-at", "soon"], ["--delay", "1", "--run-at", "2030-01-01T09:00:00Z"],
+])
+def test_bad_queue_options_are_a_usage_error(recorded, capsys, options):
+    url, bodies = recorded
+    code, out, err = run(capsys, "submit", url, "text=a", *options)
+    assert (code, out) == (2, "")
+    assert err
+    assert bodies == []
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Record the calls of `serving.serve` and `worker.run_worker` instead of running them."""
+    made: list[tuple[str, tuple, dict]] = []
+
+    def serve(*args: Any, **kwargs: Any) -> None:
+        made.append(("serve", args, kwargs))
+
+    def run_worker(*args: Any, **kwargs: Any) -> int:
+        made.append(("run_worker", args, kwargs))
+        return 7
+
+    import asynctask.serving
+
+    monkeypatch.setattr(asynctask.serving, "serve", serve)
+    monkeypatch.setitem(sys.modules, "asynctask.worker", types.SimpleNamespace(run_worker=run_worker))
+    return made
+
+
+def test_serve_passes_its_options_on(calls, capsys):
+    assert main(["serve", "app:task"]) == 0
+    assert main(["serve", "--no-worker", "app:task", "-b", "0.0.0.0:9000", "-w", "3", "--endpoint", "/jobs",
+                 "--preload", "--grace", "5"]) == 0
+    assert calls == [
+        ("serve", ("app:task",), {"bind": "127.0.0.1:8000", "workers": 1, "endpoint": "/api", "preload": False,
+                                  "grace": None, "worker": True}),
+        ("serve", ("app:task",), {"bind": "0.0.0.0:9000", "workers": 3, "endpoint": "/jobs", "preload": True,
+                                  "grace": 5.0, "worker": False}),
+    ]
+
+
+def test_worker_runs_the_targets_and_exits_with_their_code(calls, capsys):
+    assert main(["worker", "app:first", "app:second"]) == 7
+    assert main(["worker", "app:first", "--concurrency", "4", "--grace", "2.5"]) == 7
+    assert calls == [
+        ("run_worker", (["app:first", "app:second"],), {"concurrency": None, "grace": 20.0}),
+        ("run_worker", (["app:first"],), {"concurrency": 4, "grace": 2.5}),
+    ]
+    code = main(["worker"])  # a target is required
+    assert code == 2 and "MODULE:OBJ" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The HTTP client (CONTRACT section 8) against a real HTTP server in a background thread.
+"""The HTTP client against a real HTTP server in a background thread.
 
 Most tests run an AsyncTask's own Flask app; a few use a small recording app instead, to see
 exactly what the client sends and how it takes answers that no asynctask service gives.
@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from werkzeug.serving import make_server
 from asynctask import AsyncTask, report_progress
 from asynctask.client import Client
 from asynctask.errors import (
+    AuthenticationFailed,
     ClientError,
     InvalidParams,
     InvalidTaskId,
@@ -223,6 +225,11 @@ def test_exceptions_survive_pickling():
     assert (failed.task_id, failed.error, failed.view) == ("t1", "Traceback...\nValueError: boom", {"status": "failed"})
     refused = pickle.loads(pickle.dumps(Unauthorized("no token", 401)))
     assert isinstance(refused, ClientError) and refused.status_code == 401
+    refused = pickle.loads(pickle.dumps(AuthenticationFailed("no token", 401, [{"type": "x"}])))
+    assert type(refused) is AuthenticationFailed and refused.error_data == [{"type": "x"}]
+    cancelled = pickle.loads(pickle.dumps(TaskCancelled("t2", {"status": "cancelled"})))
+    assert (cancelled.task_id, cancelled.view, cancelled.status_code) == ("t2", {"status": "cancelled"}, 200)
+    assert failed.status_code == 200 and isinstance(failed, ClientError)
 
 
 # -- what the client sends, and answers no asynctask service gives -----------------------------
@@ -333,7 +340,7 @@ def test_error_answers_become_exceptions(recorder, status, body, error, message)
     assert "<html>" not in str(caught.value)
 
 
-# -- cancel and list (server side: CONTRACT section 8) ----------------------------------------
+# -- cancel and list ---------------------------------------------------------------------------
 
 def test_cancel_an_unknown_task_is_task_not_found(serve):
     client, _ = serve(Echo)
@@ -389,7 +396,7 @@ def test_list_newest_first_with_counts(serve):
     assert client.list("failed")["tasks"] == []
 
 
-# -- auth (server side: the api_token option, CONTRACT section 8) ------------------------------
+# -- auth (server side: the api_token option) --------------------------------------------------
 
 def test_token_is_accepted_and_a_wrong_one_refused(serve):
     client, _ = serve(Echo, token=TOKEN, api_token=TOKEN)
@@ -400,3 +407,80 @@ def test_token_is_accepted_and_a_wrong_one_refused(serve):
         with pytest.raises(Unauthorized) as caught:
             other.get(task_id)
         assert caught.value.status_code == 401
+
+
+# -- the URL, queue options, the error classes --------------------------------------------------------
+
+@pytest.mark.parametrize(("suffix", "endpoint", "path"), [
+    ("", None, "/api"),
+    ("/", None, "/api"),
+    ("/api", None, "/api"),
+    ("/api/", None, "/api"),
+    ("/jobs", None, "/jobs"),
+    ("/jobs/", None, "/jobs"),
+    ("/prefix/api", None, "/prefix/api"),
+    ("", "/jobs", "/jobs"),
+    ("/", "jobs/", "/jobs"),
+])
+def test_the_url_is_the_base_url_or_the_endpoints_own(recorder, suffix, endpoint, path):
+    url, seen, _ = recorder
+    client = Client(url + suffix, endpoint=endpoint)
+    client.get("t")
+    assert seen[-1]["path"] == f"{path}/t"
+    assert client.url == url + path
+    assert client.base_url == url
+
+
+def test_enqueue_sends_the_queue_options_beside_the_params(recorder):
+    url, seen, _ = recorder
+    client = Client(url + "/api")
+    assert client.enqueue({"text": "x"}) == "t"
+    client.enqueue({"text": "x"}, priority=7, delay=1.5)
+    client.enqueue({"text": "x"}, priority=-3, delay=timedelta(minutes=1))
+    at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2)))
+    client.enqueue({"text": "x"}, run_at=at)
+    client.enqueue({"text": "x"}, run_at="2030-01-02T03:04:05Z")
+    assert [hit["json"] for hit in seen] == [
+        {"data": {"text": "x"}},
+        {"data": {"text": "x"}, "priority": 7, "delay": 1.5},
+        {"data": {"text": "x"}, "priority": -3, "delay": 60.0},
+        {"data": {"text": "x"}, "run_at": "2030-01-02T03:04:05+02:00"},
+        {"data": {"text": "x"}, "run_at": "2030-01-02T03:04:05Z"},
+    ]
+
+
+@pytest.mark.parametrize("options", [
+    {"priority": 101}, {"priority": True}, {"delay": -1}, {"delay": float("nan")},
+    {"run_at": datetime(2030, 1, 1)}, {"run_at": "2030-01-01T00:00:00"},
+    {"delay": 1, "run_at": "2030-01-01T00:00:00Z"},
+])
+def test_bad_queue_options_are_refused_before_any_request(recorder, options):
+    url, seen, _ = recorder
+    with pytest.raises(InvalidParams):
+        Client(url).enqueue({"text": "x"}, **options)
+    assert seen == []
+
+
+def test_enqueue_against_a_service(serve):
+    client, _ = serve(Typed)
+    task_id = client.enqueue({"text": "a b c", "top": 2}, priority=5)
+    assert task_id == hashlib.sha1(b"2:a b c").hexdigest()
+    assert client.wait(task_id, timeout=10) == ["a", "b"]
+
+
+@pytest.mark.parametrize(("status", "error"), [
+    (400, InvalidParams), (401, AuthenticationFailed), (404, TaskNotFound), (409, ClientError), (415, ClientError),
+])
+def test_every_refused_request_is_a_client_error(recorder, status, error):
+    url, _, answers = recorder
+    answers["/api/t"] = [(status, {"status": "error", "data": None, "error_data": [], "error_msg": "no"})]
+    with pytest.raises(ClientError) as caught:
+        Client(url).get("t")
+    assert isinstance(caught.value, error) and caught.value.status_code == status
+
+
+def test_the_errors_of_a_finished_task_are_client_errors_and_the_old_name_still_works():
+    assert issubclass(TaskFailed, ClientError) and issubclass(TaskCancelled, ClientError)
+    assert Unauthorized is AuthenticationFailed
+    assert str(TaskFailed("t", "Traceback\nValueError: boom")) == "task t failed: ValueError: boom"
+    assert str(TaskCancelled("t")) == "task t was cancelled"

@@ -1,4 +1,4 @@
-"""Choosing the store from the environment (CONTRACT section 6).
+"""Choosing the store from the environment.
 
 No `ASYNCTASK_MONGO_URI`: the in-memory store. With it: a pymongo collection whose client is
 made on first use in each process, so that nothing (no MongoClient, no thread) exists before
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -24,16 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mongo_wire import running_server
 from pymongo import MongoClient
+from tasks import Echo
 
-from asynctask import MemoryCollection, default_collection
-
-try:
-    from mongo_wire import running_server
-    from tasks import Echo
-except ImportError:  # pragma: no cover - run from the repository root as a package
-    from tests.mongo_wire import running_server
-    from tests.tasks import Echo
+from asynctask import MemoryCollection, connection, default_collection
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_NAMES = ("ASYNCTASK_MONGO_URI", "ASYNCTASK_MONGO_DB", "ASYNCTASK_MONGO_COLLECTION")
@@ -95,6 +91,48 @@ def test_no_uri_gives_the_in_memory_store(clean_env):
     assert isinstance(collection, MemoryCollection)
     collection.insert_one({"task_id": "t"})
     assert default_collection().find_one({"task_id": "t"}) is None  # a new store each call
+
+
+@pytest.fixture
+def fresh_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process as a fresh one: no in-memory default store made, not a gunicorn worker."""
+    monkeypatch.setattr(connection, "_memory_made", False)
+    monkeypatch.setattr(connection, "_workers", 0)
+    monkeypatch.setattr(connection, "_warned", False)
+
+
+def _sharing_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "ASYNCTASK_MONGO_URI" in r.getMessage()]
+
+
+@pytest.mark.parametrize("store_first", [True, False], ids=["store-then-hook", "hook-then-store"])
+def test_the_memory_store_in_one_of_several_gunicorn_workers_warns_once(clean_env, fresh_worker, caplog, store_first):
+    with caplog.at_level(logging.WARNING, logger="asynctask"):
+        if store_first:  # the app is loaded before the worker hook runs (also with --preload)
+            default_collection()
+            connection.serving_workers(2)
+        else:
+            connection.serving_workers(2)
+            default_collection()
+        default_collection()
+
+    warnings_seen = _sharing_warnings(caplog)
+    assert len(warnings_seen) == 1, warnings_seen
+    assert "not shared" in warnings_seen[0]
+
+
+def test_no_warning_with_one_worker_or_with_mongodb(clean_env, fresh_worker, caplog, monkeypatch):
+    with caplog.at_level(logging.WARNING, logger="asynctask"):
+        default_collection()
+        connection.serving_workers(1)
+    assert _sharing_warnings(caplog) == []
+
+    monkeypatch.setattr(connection, "_memory_made", False)
+    clean_env.setenv("ASYNCTASK_MONGO_URI", f"mongodb://127.0.0.1:{_free_port()}/")
+    with caplog.at_level(logging.WARNING, logger="asynctask"):
+        default_collection()
+        connection.serving_workers(4)
+    assert _sharing_warnings(caplog) == []
 
 
 def test_uri_gives_a_lazy_collection_that_starts_nothing(clean_env):

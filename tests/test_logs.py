@@ -1,9 +1,11 @@
-"""Per-task log files (CONTRACT section 5).
+"""Per-task log files.
 
 One rotating file per task at `logger_dir/<task_id>.log`; every line holds the time, level,
 pid, task id, module:line and message; handlers live only while the task runs, so open file
 descriptors and registered loggers do not grow with the number of tasks; the console
-handler obeys `DISABLE_STREAM_HANDLER`.
+handler obeys `DISABLE_STREAM_HANDLER`. A task whose id is also the name of another logger
+of the process leaves that logger as it was. A failed task's public error shows the task's own
+frames only, without server paths.
 """
 
 from __future__ import annotations
@@ -11,26 +13,25 @@ from __future__ import annotations
 import ast
 import inspect
 import logging
+import multiprocessing
 import os
 import re
 import sys
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tasks import Echo, Gate
+from waiting import wait_for as wait_for_view
+from waiting import wait_until
 
 import asynctask.logs
 from asynctask import AsyncTask, MemoryCollection
-
-try:
-    from tasks import Echo, Gate
-except ImportError:  # pragma: no cover - run from the repository root as a package
-    from tests.tasks import Echo, Gate
-
 
 # -- sample tasks -------------------------------------------------------------------------
 
@@ -195,7 +196,8 @@ class Explainer(AsyncTask):
     def main(self, logger: logging.Logger, name: str) -> None:
         try:
             try:
-                {}["missing"]
+                empty: dict[str, int] = {}
+                empty["missing"]  # noqa: B018 - raises KeyError
             except KeyError as exc:
                 raise LookupError(f"no entry for {name}") from exc
         except LookupError:
@@ -244,8 +246,9 @@ def test_open_file_descriptors_and_loggers_do_not_grow_with_tasks_run(make_task)
         # Submitting while busy workers hold the GIL would only measure GIL hand-offs.
         ids = [task.run(value=first + n) for n in range(count)]
         task.gate.set()
+        wait_until(lambda: task.collection.count_documents({"status": "success"}) == count,
+                   f"{count} tasks succeeded", timeout=60)
         task.shutdown(wait=True)  # returns once every attempt has ended
-        assert task.collection.count_documents({"status": "success"}) == count
         return ids
 
     run_batch(-50, 50)  # warm-up: imports, lazily built objects
@@ -282,8 +285,9 @@ def test_dotted_task_ids_leave_no_placeholder_loggers_behind(make_task):
     task = make_task(Talker)
     for n in range(50):
         task.run(name=f"dotted{n}.part")
-    task.shutdown(wait=True)
-    assert task.collection.count_documents({"status": "success"}) == 50
+    wait_until(lambda: task.collection.count_documents({"status": "success"}) == 50, "50 tasks succeeded",
+               timeout=60)
+    task.shutdown(wait=True)  # returns once every attempt has ended
     left = sorted(name for name in logging.Logger.manager.loggerDict if name.startswith("dotted"))
     assert left == [], f"{len(left)} loggers/placeholders left behind, e.g. {left[:3]}"
 
@@ -368,3 +372,139 @@ def test_format_exception_keeps_every_exception_of_a_group():
     assert "ExceptionGroup: two went wrong (2 sub-exceptions)" in text
     assert "KeyError: 'first'" in text and "TypeError: second" in text
     assert "^^^" not in text
+
+
+# -- task ids that name other loggers ---------------------------------------------------------
+
+
+class Clash(AsyncTask):
+    """Logs a line, notes the state of `logging.getLogger(name)` while it runs, waits for `gate`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.started = threading.Event()
+        self.gate = threading.Event()
+        self.seen: dict[str, Any] = {}
+
+    def get_task_id(self, name: str) -> str:
+        return name
+
+    def main(self, logger: logging.Logger, name: str) -> str:
+        logger.info("task line of %s", name)
+        logging.getLogger(f"{name}.part").info("part line of %s", name)
+        self.seen[name] = _state(logging.getLogger(name))
+        self.started.set()
+        if not self.gate.wait(timeout=30):
+            raise RuntimeError("the test never opened the gate")
+        return name
+
+
+def _state(logger: logging.Logger) -> tuple[Any, ...]:
+    return (logger.level, list(logger.handlers), logger.propagate, logger.parent, logger.disabled)
+
+
+@pytest.mark.parametrize("name", ["root", "asynctask", "asynctask.task", "werkzeug"])
+def test_a_task_named_like_another_logger_leaves_that_logger_alone(make_task, caplog, name):
+    logging.getLogger("werkzeug")  # as Flask's server makes it
+    library = logging.getLogger("asynctask.task")
+    other = logging.getLogger(name)
+    before, library_before = _state(other), _state(library)
+    task = make_task(Clash)
+    task_id = task.run(name=name)
+    assert task.started.wait(10)
+
+    with caplog.at_level(logging.INFO):
+        library.warning("a library line while %s runs", name)
+        assert [r.getMessage() for r in caplog.records if r.name == "asynctask.task"] == [
+            f"a library line while {name} runs"
+        ]
+    assert task.seen[name] == before
+    assert _state(other) == before and _state(library) == library_before
+
+    task.gate.set()
+    assert wait_for_view(task, task_id)["status"] == "success"
+    task.shutdown(wait=True)  # every attempt has ended, its logger closed
+    assert _state(other) == before and _state(library) == library_before
+    assert logging.getLogger(name) is other
+    content = (task.logger_dir / f"{name}.log").read_text(encoding="utf-8")
+    assert f"task line of {name}" in content
+    assert "a library line" not in content
+
+
+def test_a_logger_made_below_a_task_logger_propagates_normally_after_the_task(make_task, caplog):
+    task = make_task(Clash)
+    name = f"below-{os.getpid()}-{time.monotonic_ns()}"
+    task.gate.set()
+    assert wait_for_view(task, task.run(name=name))["status"] == "success"
+    task.shutdown(wait=True)
+    content = (task.logger_dir / f"{name}.log").read_text(encoding="utf-8")
+    assert f"part line of {name}" in content  # inside the task, it wrote to the task's file
+
+    part = logging.getLogger(f"{name}.part")
+    with caplog.at_level(logging.INFO):
+        part.warning("after the task")
+    assert [r.getMessage() for r in caplog.records if r.name == f"{name}.part"] == ["after the task"]
+    assert name not in logging.Logger.manager.loggerDict or not isinstance(
+        logging.Logger.manager.loggerDict[name], logging.Logger
+    )
+
+
+# -- the public error text ---------------------------------------------------------------------
+
+
+def _read_setting(settings: dict[str, Any]) -> Any:
+    return _lookup(settings, "port")
+
+
+def _lookup(settings: dict[str, Any], key: str) -> Any:
+    try:
+        return settings[key]
+    except KeyError as exc:
+        raise LookupError(f"no setting {key!r}") from exc
+
+
+def _frame_files(text: str) -> list[str]:
+    return re.findall(r'File "([^"]+)"', text)
+
+
+def test_public_error_keeps_the_task_frames_without_server_paths():
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(_read_setting, {})
+    try:
+        future.result()
+    except LookupError as error:
+        full = asynctask.logs.format_exception(error)
+        public = asynctask.logs.public_error(error)
+
+    here = str(Path(__file__).resolve().parent)
+    # The premise: the full traceback has server paths and concurrent.futures' frames.
+    assert here in full and "concurrent" in full
+    assert here not in public and os.sep + "concurrent" + os.sep not in public
+    assert "threading" not in public
+    assert set(_frame_files(public)) <= {"test_logs.py", "tests/test_logs.py"}, public
+    assert [line.split(" in ")[-1] for line in public.splitlines() if line.lstrip().startswith("File ")] == [
+        "_lookup", "test_public_error_keeps_the_task_frames_without_server_paths", "_read_setting", "_lookup",
+    ]
+    assert "KeyError: 'port'" in public
+    assert "The above exception was the direct cause of the following exception:" in public
+    assert public.endswith("LookupError: no setting 'port'")
+    assert 'raise LookupError(f"no setting {key!r}") from exc' in public  # the source lines stay
+    assert "^^^" not in public
+
+
+def _fail_in_child(key: str) -> Any:
+    return _lookup({}, key)
+
+
+def test_public_error_of_a_child_process_traceback_has_no_server_paths():
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        future = pool.submit(_fail_in_child, "host")
+        with pytest.raises(LookupError) as caught:
+            future.result(timeout=60)
+    public = asynctask.logs.public_error(caught.value)
+
+    assert str(Path(__file__).resolve().parent) in asynctask.logs.format_exception(caught.value)  # premise
+    assert [path for path in _frame_files(public) if path.startswith("/")] == [], public
+    assert "process.py" not in public and "_process_worker" not in public  # concurrent.futures' frames
+    assert "_fail_in_child" in public and public.endswith("LookupError: no setting 'host'")
+    assert "^^^" not in public

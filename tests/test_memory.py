@@ -1,4 +1,4 @@
-"""The built-in in-memory store, `MemoryCollection` (CONTRACT section 6).
+"""The built-in in-memory store, `MemoryCollection`.
 
 It must be thread-safe where mongomock alone is not (the claim is an upsert racing on a
 unique index), and offer the pymongo `Collection` methods asynctask and its users call.
@@ -237,3 +237,342 @@ def test_count_documents_and_find_with_projection_and_query_operators() -> None:
     docs = list(collection.find({"status": "running"}, {"_id": 0, "task_id": 1}).sort("task_id", DESCENDING))
     assert docs == [{"task_id": "c"}, {"task_id": "b"}]
     assert all("_id" not in doc and "status" not in doc for doc in docs)
+
+
+# -- the indexed store answers exactly as plain mongomock ----------------------------------
+#
+# `MemoryCollection` runs mongomock's filter and update engines only on the documents its
+# indexes yield. Each test below sends the same calls to it and to a plain mongomock
+# collection holding the same documents, and requires the same answers: same documents in
+# the same order, same update effects, same DuplicateKeyError.
+
+import random  # noqa: E402
+import re  # noqa: E402
+from datetime import datetime, timedelta, timezone  # noqa: E402
+
+import mongomock  # noqa: E402
+from bson import ObjectId  # noqa: E402
+
+from asynctask import memory_index  # noqa: E402
+
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+STATUSES = ["queued", "running", "success", "failed", "cancelled", "pending"]
+
+
+def _indexes(collection: Any) -> None:
+    collection.create_index([("task_id", ASCENDING)], unique=True, name="task_id_unique")
+    collection.create_index([("type", ASCENDING), ("status", ASCENDING), ("priority", DESCENDING),
+                             ("run_at", ASCENDING)], name="claim")
+    collection.create_index([("owner", ASCENDING), ("status", ASCENDING)], name="owner_status")
+    collection.create_index([("created_at", DESCENDING), ("task_id", ASCENDING)], name="created_id")
+    collection.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0, name="expire_at_ttl")
+
+
+def _normal(value: Any) -> Any:
+    """Results with generated ObjectIds replaced, since the two stores generate different ones."""
+    if isinstance(value, ObjectId):
+        return "<oid>"
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_normal(v) for v in value]
+    if hasattr(value, "matched_count"):
+        return (value.matched_count, value.modified_count, _normal(value.upserted_id))
+    if hasattr(value, "deleted_count"):
+        return value.deleted_count
+    if hasattr(value, "inserted_ids"):
+        return _normal(value.inserted_ids)
+    if hasattr(value, "inserted_id"):
+        return _normal(value.inserted_id)
+    return value
+
+
+class Twin:
+    """The same calls on the indexed store and on plain mongomock; results must agree."""
+
+    def __init__(self, indexes: bool = True) -> None:
+        self.fast = MemoryCollection()
+        self.plain = mongomock.MongoClient().get_database("asynctask").get_collection("tasks")
+        if indexes:
+            _indexes(self.fast)
+            _indexes(self.plain)
+        self.calls = 0
+
+    def call(self, method: str, *args: Any, listing: bool = False, **kwargs: Any) -> Any:
+        results = []
+        for collection in (self.fast, self.plain):
+            try:
+                result = getattr(collection, method)(*args, **kwargs)
+                if listing:
+                    result = list(result)
+                results.append(("ok", _normal(result)))
+            except Exception as exc:  # noqa: BLE001 - the same error must come from both
+                results.append((type(exc).__name__, str(exc)))
+        assert results[0] == results[1], f"{method}{args} {kwargs}"
+        self.calls += 1
+        return results[0][1]
+
+    def cursor(self, build: Callable[[Any], Any]) -> Any:
+        fast, plain = _normal(list(build(self.fast))), _normal(list(build(self.plain)))
+        assert fast == plain
+        return fast
+
+    def same_contents(self) -> None:
+        assert _normal(list(self.fast.find())) == _normal(list(self.plain.find()))
+
+
+def _value(rng: random.Random, pool: list[Any], missing: float = 0.1) -> Any:
+    return "<missing>" if rng.random() < missing else rng.choice(pool)
+
+
+def _random_doc(rng: random.Random, n: int, odd: bool = True) -> dict[str, Any]:
+    """A task document; `odd` ones may hold values no index files (lists, mixed types)."""
+    times = [T0 + timedelta(minutes=m) for m in range(6)] + [None, T0.replace(tzinfo=None)]
+    doc = {
+        "_id": f"id{n}",
+        "task_id": f"t{rng.randrange(40)}",
+        "type": _value(rng, ["a", "b", "b", None] + [["a", "b"], 3] * odd),
+        "status": _value(rng, [*STATUSES, None] + [["queued"]] * odd),
+        "owner": _value(rng, ["w1", "w2", None], 0.3),
+        "priority": _value(rng, [0, 1, 1, 2] + [1.0, True, "x"] * odd),
+        "run_at": _value(rng, times),
+        "created_at": _value(rng, times),
+        "started_at": _value(rng, times, 0.4),
+        "finished_at": _value(rng, times, 0.5),
+        "heartbeat_at": _value(rng, times, 0.3),
+        "attempts": rng.randrange(3),
+        "lost": rng.randrange(3),
+        "cancel_requested": _value(rng, [True, False], 0.5),
+        "error": _value(rng, ["boom", "Timeout", None], 0.5),
+    }
+    return {k: v for k, v in doc.items() if v != "<missing>"}
+
+
+def _random_call(rng: random.Random, twin: Twin, n: int, odd: bool) -> None:
+    now = T0 + timedelta(minutes=rng.randrange(7))
+    task_id = f"t{rng.randrange(40)}"
+    ids = [f"t{rng.randrange(40)}" for _ in range(rng.randrange(1, 5))]
+    type_ = rng.choice(["a", "b", None])
+    status = rng.choice([*STATUSES, None])
+    statuses = rng.sample(STATUSES, rng.randrange(1, 4))
+    choice = rng.randrange(24)
+    if choice == 0:
+        twin.call("insert_one", _random_doc(rng, n, odd))
+    elif choice == 1:  # the run rule's upsert
+        query = {"task_id": task_id, "type": type_, "$or": [
+            {"status": {"$in": ["failed", "cancelled"]}}, {"status": {"$exists": False}},
+            {"status": "running", "heartbeat_at": {"$lt": now}},
+        ]}
+        update = {"$set": {"status": "queued", "owner": "w1", "run_at": now, "priority": rng.randrange(3)},
+                  "$inc": {"attempts": 1}, "$setOnInsert": {"created_at": now}, "$unset": {"error": ""}}
+        twin.call("find_one_and_update", query, update, upsert=True, return_document=ReturnDocument.AFTER)
+    elif choice == 2:  # the claim
+        twin.call("find_one_and_update", {"type": type_, "status": "queued", "run_at": {"$lte": now}},
+                  {"$set": {"status": "running", "owner": rng.choice(["w1", "w2"]), "heartbeat_at": now},
+                   "$inc": {"attempts": 1}},
+                  sort=[("priority", DESCENDING), ("run_at", ASCENDING)],
+                  return_document=rng.choice([ReturnDocument.AFTER, ReturnDocument.BEFORE]))
+    elif choice == 3:  # finish
+        twin.call("update_one", {"task_id": task_id, "status": {"$in": ["running"]}, "attempts": rng.randrange(3)},
+                  {"$set": {"status": rng.choice(["success", "failed"]), "finished_at": now},
+                   "$unset": {"owner": ""}})
+    elif choice == 4:  # heartbeats
+        twin.call("update_many", {"task_id": {"$in": ids}, "owner": "w1", "status": "running"},
+                  {"$set": {"heartbeat_at": now}})
+    elif choice == 5:
+        twin.call("find", {"task_id": {"$in": ids}, "cancel_requested": True}, {"_id": 0, "task_id": 1},
+                  listing=True)
+    elif choice == 6:  # sweep
+        twin.call("update_many", {"type": type_, "status": "running", "heartbeat_at": {"$lt": now},
+                                  "lost": {"$lt": 2}},
+                  {"$set": {"status": "queued"}, "$inc": {"lost": 1}, "$unset": {"owner": ""}})
+    elif choice == 7:
+        twin.call("find", {"type": type_, "status": "running", "owner": {"$in": ["w1", None]}}, listing=True)
+    elif choice == 8:  # the list
+        query: dict[str, Any] = {"type": type_}
+        if rng.random() < 0.5:
+            query["status"] = status if rng.random() < 0.7 else {"$in": statuses}
+        if rng.random() < 0.3:
+            query["$or"] = [{"task_id": {"$regex": re.escape(str(rng.randrange(10)))}},
+                            {"error": {"$regex": "time", "$options": "i"}}]
+        skip, limit = rng.randrange(4), rng.randrange(0, 6)
+        twin.cursor(lambda c: c.find(query, {"_id": 0}).sort([("created_at", -1), ("task_id", 1)])
+                    .skip(skip).limit(limit))
+    elif choice == 9:
+        match = {"$match": {"type": type_}} if rng.random() < 0.7 else None
+        pipeline = [match] if match else []
+        pipeline.append({"$group": {"_id": "$status", "n": {"$sum": 1}}})
+        twin.call("aggregate", pipeline, listing=True)
+    elif choice == 10:
+        query = {"type": type_, "status": "queued", "run_at": {"$lte": now}}
+        twin.call("count_documents", query)
+        twin.call("find_one", query, sort=[("run_at", 1)])
+    elif choice == 11:  # stats windows
+        field = rng.choice(["created_at", "started_at", "finished_at"])
+        op = rng.choice(["$gte", "$gt", "$lt", "$lte"])
+        twin.call("find", {"type": type_, field: {op: now}}, listing=True)
+        twin.call("aggregate", [{"$match": {"type": type_, field: {op: now}}},
+                                {"$group": {"_id": "$status", "n": {"$sum": 1}}}], listing=True)
+        twin.call("count_documents", {"type": type_, field: {op: now}})
+    elif choice == 12:
+        twin.call(rng.choice(["delete_one", "delete_many"]),
+                  rng.choice([{"task_id": task_id}, {"type": type_, "status": status}, {"owner": "w2"}]))
+    elif choice == 13:  # updates that move documents between buckets and orders
+        field, value = rng.choice([
+            ("status", status), ("owner", rng.choice(["w1", "w2", None])), ("type", type_),
+            ("priority", rng.randrange(3)), ("run_at", now), ("created_at", now), ("task_id", task_id),
+            *[("type", ["a", "c"]), ("priority", [1, 2])] * odd,
+        ])
+        twin.call(rng.choice(["update_one", "update_many"]),
+                  rng.choice([{"task_id": task_id}, {"status": status}, {"type": type_}]),
+                  {"$set": {field: value}})
+    elif choice == 14:
+        twin.call("update_one", {"task_id": task_id}, {"$unset": {rng.choice(["status", "type", "owner"]): ""}})
+    elif choice == 15:
+        twin.call("update_one", {"task_id": task_id, "status": status},
+                  {"$set": {"params": {"n": n}}, "$addToSet": {"tags": rng.choice(["x", "y"])}}, upsert=True)
+    elif choice == 16:
+        twin.call("find_one", {"task_id": task_id}, {"_id": 0, "status": 1, "params": 1})
+    elif choice == 17:
+        twin.call("find", {"status": {"$in": statuses}, "priority": {"$gte": 1}}, listing=True)
+        twin.call("count_documents", {"status": {"$in": statuses}})
+        twin.call("count_documents", {"type": type_, "status": status})
+    elif choice == 18:
+        twin.call("find", {"$or": [{"task_id": task_id}, {"owner": "w2"}]}, listing=True)
+        twin.call("find", {"$and": [{"type": type_}, {"status": {"$not": {"$in": statuses}}}]}, listing=True)
+    elif choice == 19:
+        twin.cursor(lambda c: c.find({"type": type_, "status": {"$in": statuses}})
+                    .sort([("priority", -1), ("run_at", 1)]).limit(3))
+    elif choice == 20:
+        twin.call("distinct", "status", {"type": type_})
+        twin.call("find", {"owner": None}, listing=True)
+    elif choice == 21:
+        twin.call("replace_one", {"task_id": task_id}, {k: v for k, v in _random_doc(rng, n, odd).items() if k != "_id"} | {"task_id": task_id})
+    elif choice == 22:
+        twin.cursor(lambda c: c.find({"type": type_}).sort([("started_at", 1)]).skip(1).limit(2))
+        twin.cursor(lambda c: c.find({"type": type_, "created_at": {"$gte": now}})
+                    .sort([("created_at", -1), ("task_id", 1)]).limit(4))
+    else:
+        twin.call("find_one_and_update", {"task_id": task_id}, {"$set": {"task_id": rng.choice(ids)}})
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seed", range(16))
+def test_random_calls_answer_as_plain_mongomock(seed: int) -> None:
+    """Seeds 0, 2, ... hold task documents as asynctask writes them (every index serves);
+    odd seeds add values indexes cannot file (lists, mixed types), so queries fall back."""
+    rng = random.Random(seed)
+    odd = seed % 2 == 1
+    twin = Twin(indexes=seed % 8 != 7)
+    for n in range(40):
+        twin.call("insert_one", _random_doc(rng, n, odd))
+    for n in range(40, 500):
+        _random_call(rng, twin, n, odd)
+    twin.same_contents()
+
+
+@pytest.mark.usefixtures("busy_switching")
+@pytest.mark.timeout(60)
+def test_racing_run_rule_upserts_on_one_task_id_insert_once() -> None:
+    collection = MemoryCollection()
+    _indexes(collection)
+    barrier = threading.Barrier(24)
+    inserted: list[int] = []
+    refused: list[int] = []
+    query = {"task_id": "t", "type": "a", "$or": [{"status": {"$in": ["failed"]}}, {"status": {"$exists": False}}]}
+    update = {"$set": {"status": "queued"}, "$inc": {"attempts": 1}, "$setOnInsert": {"created_at": T0}}
+
+    def run(index: int) -> None:
+        barrier.wait(timeout=10)
+        try:
+            collection.find_one_and_update(query, update, upsert=True, return_document=ReturnDocument.AFTER)
+        except DuplicateKeyError:
+            refused.append(index)
+        else:
+            inserted.append(index)
+
+    assert _run_threads(24, run) == []
+    assert (len(inserted), len(refused)) == (1, 23)
+    assert collection.count_documents({"task_id": "t"}) == 1
+    assert collection.find_one({"task_id": "t"}, {"_id": 0, "attempts": 1}) == {"attempts": 1}
+
+
+def test_duplicate_key_errors_match_mongomock_on_inserts_updates_and_upserts() -> None:
+    twin = Twin()
+    twin.call("insert_many", [{"_id": 1, "task_id": "a", "type": "x"}, {"_id": 2, "task_id": "b", "type": "x"}])
+    twin.call("insert_one", {"_id": 3, "task_id": "a"})
+    twin.call("update_one", {"task_id": "b"}, {"$set": {"task_id": "a", "status": "queued"}})
+    twin.call("update_many", {"type": "x"}, {"$set": {"task_id": "same"}})
+    twin.call("update_one", {"task_id": "a", "status": "never"}, {"$set": {"type": "y"}}, upsert=True)
+    twin.call("find_one_and_update", {"task_id": "b", "type": "other"}, {"$inc": {"n": 1}}, upsert=True)
+    twin.call("insert_one", {"_id": 4})
+    twin.call("insert_one", {"_id": 5, "task_id": None})  # null and missing collide, as in mongomock
+    twin.same_contents()
+    assert twin.fast.find_one({"_id": 2})["task_id"] == "b"  # the refused update left it alone
+
+
+def test_companion_collections_share_the_database_and_the_lock() -> None:
+    tasks = MemoryCollection("jobs")
+    assert tasks.name == "jobs"
+    workers = tasks.database.get_collection("jobs.workers")
+    slots = tasks.database["jobs.slots"]
+    assert isinstance(workers, MemoryCollection) and isinstance(slots, MemoryCollection)
+    assert workers._lock is tasks._lock is slots._lock
+    workers.insert_one({"_id": "w1", "beat": 1})
+    assert tasks.database["jobs.workers"].find_one({"_id": "w1"}) == {"_id": "w1", "beat": 1}
+    assert tasks.count_documents({}) == 0
+    assert workers.name == "jobs.workers"
+    assert sorted(tasks.database.list_collection_names()) == ["jobs.workers"]
+
+
+def test_ttl_expiry_matches_mongomock(monkeypatch: pytest.MonkeyPatch) -> None:
+    twin = Twin()
+    base = datetime(2024, 1, 1)
+    twin.call("insert_many", [
+        {"_id": n, "task_id": f"t{n}", "expire_at": base + timedelta(seconds=n)} for n in range(5)
+    ] + [{"_id": 9, "task_id": "keep"}, {"_id": 10, "task_id": "odd", "expire_at": "soon"}])
+    monkeypatch.setattr(mongomock, "utcnow", lambda: base + timedelta(seconds=2))
+    twin.call("count_documents", {})
+    twin.call("find", {"task_id": {"$in": ["t1", "t3"]}}, listing=True)
+    twin.call("update_one", {"task_id": "t4"}, {"$set": {"expire_at": base}})
+    twin.call("find", {}, listing=True)
+    twin.same_contents()
+
+
+@pytest.mark.timeout(60)
+def test_indexed_calls_read_few_documents_however_many_are_stored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim, a page of the list, a task by id and the due count stay flat: mongomock's
+    filter engine sees a handful of documents out of 10,000."""
+    collection = MemoryCollection()
+    _indexes(collection)
+    collection.insert_many([
+        {"task_id": f"t{n}", "type": "a" if n % 4 else "b", "status": "queued" if n % 3 else "success",
+         "priority": n % 5, "run_at": T0 + timedelta(seconds=n), "created_at": T0 + timedelta(seconds=n)}
+        for n in range(10_000)
+    ])
+    seen = [0]
+    real = memory_index.filter_applies
+
+    def counting(spec: Any, doc: Any) -> bool:
+        seen[0] += 1
+        return bool(real(spec, doc))
+
+    monkeypatch.setattr(memory_index, "filter_applies", counting)
+    now = T0 + timedelta(days=1)
+    claimed = collection.find_one_and_update(
+        {"type": "a", "status": "queued", "run_at": {"$lte": now}}, {"$set": {"status": "running"}},
+        sort=[("priority", DESCENDING), ("run_at", ASCENDING)], return_document=ReturnDocument.AFTER,
+    )
+    assert (claimed["task_id"], claimed["status"]) == ("t14", "running")
+    typed = [n for n in range(10_000) if n % 4]
+    page = list(collection.find({"type": "a"}, {"_id": 0, "task_id": 1})
+                .sort([("created_at", -1), ("task_id", 1)]).skip(2_500).limit(3))
+    assert page == [{"task_id": f"t{n}"} for n in sorted(typed, reverse=True)[2_500:2_503]]
+    assert collection.find_one({"task_id": "t77"}, {"_id": 0, "status": 1}) == {"status": "queued"}
+    queued = sum(1 for n in typed if n % 3)
+    assert collection.count_documents({"type": "a", "status": "queued", "run_at": {"$lte": now}}) == queued - 1
+    counts = list(collection.aggregate([{"$match": {"type": "a"}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]))
+    assert counts == [
+        {"n": queued - 1, "_id": "queued"}, {"n": 1, "_id": "running"}, {"n": len(typed) - queued, "_id": "success"},
+    ]
+    assert seen[0] < 50

@@ -1,9 +1,10 @@
-"""Progress (CONTRACT section 8): `asynctask.report_progress(percent, message=None)` inside
-`main`; the public view shows `"progress": {"percent": float, "message": str or null}`.
+"""Progress: `asynctask.report_progress(percent, message=None)` inside `main`; the public
+view shows `"progress": {"percent": float, "message": str or null}`.
 
 From a thread and from a child process; throttled (a thousand calls cost a handful of
-writes, and the newest value is what the view shows once the task has ended); and fenced by
-attempt (a superseded attempt's late reports change nothing).
+writes; a report held back is written about a second later at most while the task runs, and
+the newest value is what the view shows once the task has ended); and fenced by attempt (a
+superseded attempt's late reports change nothing).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def http_view(task: asynctask.AsyncTask, task_id: str) -> dict[str, Any]:
 # -- the public names ---------------------------------------------------------------------------
 
 def test_report_progress_and_cancelled_are_public_names_of_the_package():
-    # CONTRACT section 8 spells them asynctask.report_progress(...) and asynctask.cancelled().
+    # The documented spelling is asynctask.report_progress(...) and asynctask.cancelled().
     assert asynctask.report_progress is attempt_module.report_progress
     assert asynctask.cancelled is attempt_module.cancelled
     assert {"report_progress", "cancelled"} <= set(asynctask.__all__)
@@ -139,6 +140,25 @@ def test_a_thousand_reports_cost_a_handful_of_writes_and_the_last_one_is_shown(m
     assert http_view(task, task_id)["progress"] == {"percent": top, "message": "step 1000 of 1000"}
 
 
+def test_a_report_held_back_by_the_throttle_is_written_while_the_task_runs(make_task):
+    # 10% is written at once; 42.5% comes right after it, inside the throttle's interval, and
+    # main then blocks for a long step: the view must not show 10% until the task ends.
+    collection = CountingCollection()
+    task = make_task(Progress, collection)
+    task_id = task.run(name="trailing", count=1, top=10.0, percent=42.5, message="halfway")
+    assert task.reported[task_id].wait(5)
+    halfway = {"percent": 42.5, "message": "halfway"}
+
+    wait_until(lambda: task.retrieve(task_id)["progress"] == halfway,
+               "the held-back report was not written while main was blocked", timeout=10)
+
+    view = task.retrieve(task_id)
+    assert view["status"] == "running"  # main is still blocked on its release event
+    assert collection.progress_writes == [{"percent": 10.0, "message": "step 1 of 1"}, halfway]
+    task.release[task_id].set()
+    assert wait_for(task, task_id)["progress"] == halfway
+
+
 # -- from a child process -----------------------------------------------------------------------
 
 def test_progress_from_a_child_process_reaches_the_database(make_task, tmp_path):
@@ -168,7 +188,9 @@ def test_the_last_progress_of_a_child_process_is_shown_once_the_task_has_ended(m
 
     task_id = task.run(go_file=str(go_file), count=1000)
     assert wait_for(task, task_id, timeout=SPAWN_S)["status"] == "success"
-    time.sleep(0.5)  # let any lagging write land: the outcome must not depend on it
+    # Once shut down, the relay of the children's progress is joined: every lagging write has
+    # landed, and the view must show the last report all the same.
+    task.shutdown(wait=True)
 
     assert http_view(task, task_id)["progress"] == {"percent": 99.9, "message": "step 999 of 1000"}
 

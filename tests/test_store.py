@@ -1,7 +1,6 @@
-"""The store: the run rule as one atomic claim, fenced transitions, heartbeats, the public view.
+"""The store: the run rule as one atomic submission, the claim, fenced moves, heartbeats, views.
 
-Runs against every backend of the `collection` fixture (memory, and a real MongoDB when
-ASYNCTASK_TEST_MONGO_URI is set).
+Runs against every backend of the `collection` fixture (memory, and MongoDB through pymongo).
 """
 
 from __future__ import annotations
@@ -12,102 +11,121 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from asynctask import TaskNotFound, TaskStatus
-from asynctask.store import PUBLIC_FIELDS, TaskStore, utcnow
+from asynctask.errors import InvalidTransition, TaskIdTaken
+from asynctask.store import TaskStore, utcnow
 
 STALE = timedelta(seconds=30)
 
 
 @pytest.fixture
 def store(collection):
-    return TaskStore(collection)
+    return TaskStore(collection, "Kind")
 
 
-def claim(store, task_id="t1", params=None, owner="me", **kwargs):
+def submit(store, task_id="t1", params=None, **kwargs):
     kwargs.setdefault("stale_after", STALE)
-    return store.claim(task_id, params or {"x": 1}, owner=owner, **kwargs)
+    return store.submit(task_id, params or {"x": 1}, **kwargs)
+
+
+def worker(owner="me", minutes=5):
+    return TaskStore.claim_fields(owner, f"host:{owner}", utcnow() + timedelta(minutes=minutes))
 
 
 def set_fields(store, task_id, **fields):
     store.collection.update_one({"task_id": task_id}, {"$set": fields})
 
 
-def test_new_task_is_claimed_and_queued(store):
-    doc, claimed = claim(store, params={"x": 1})
-    assert claimed
-    assert doc["status"] == "queued" and doc["attempts"] == 1 and doc["params"] == {"x": 1}
-    assert doc["owner"] == "me" and doc["created_at"] is not None
+def test_a_new_task_waits_queued_and_owned_by_nobody(store):
+    doc, submitted = submit(store, params={"x": 1})
+    assert submitted
+    assert (doc["status"], doc["attempts"], doc["params"], doc["type"]) == ("queued", 0, {"x": 1}, "Kind")
+    assert "owner" not in doc and doc["created_at"] is not None
     assert store.collection.count_documents({}) == 1
 
 
+def test_a_submitting_worker_with_a_free_slot_claims_at_once(store):
+    doc, submitted = submit(store, claim_for=worker("me"))
+    assert submitted and (doc["status"], doc["owner"], doc["attempts"]) == ("running", "me", 1)
+    assert doc["started_at"] is not None
+    assert store.claim(worker("other")) is None, "nothing is left in the queue"
+
+
+def test_a_delayed_task_is_never_claimed_at_once(store):
+    doc, _ = submit(store, run_at=utcnow() + timedelta(minutes=1), claim_for=worker("me"))
+    assert doc["status"] == "queued"
+    assert store.claim(worker()) is None
+    view = store.public("t1")
+    assert view["run_at"] > view["queued_at"]
+
+
 def test_task_id_index_is_unique(store):
-    claim(store)
+    submit(store)
     indexes = store.collection.index_information()
     assert any(info.get("unique") and info["key"] == [("task_id", 1)] for info in indexes.values())
 
 
 @pytest.mark.parametrize("status", ["queued", "running", "success"])
-def test_live_or_successful_task_is_not_claimed(store, status):
-    first, _ = claim(store)
+def test_live_or_successful_task_is_not_submitted_again(store, status):
+    submit(store, claim_for=worker("me"))
     set_fields(store, "t1", status=status)
-    doc, claimed = claim(store, owner="other")
-    assert not claimed
-    assert doc["status"] == status and doc["attempts"] == 1 and doc["owner"] == "me"
+    doc, submitted = submit(store)
+    assert not submitted
+    assert doc["status"] == status and doc["attempts"] == 1
 
 
 @pytest.mark.parametrize("status", ["failed", "pending", "cancelled"])
-def test_failed_pending_cancelled_are_claimed_again(store, status):
-    claim(store)
+def test_failed_pending_cancelled_are_submitted_again(store, status):
+    submit(store, claim_for=worker())
     set_fields(store, "t1", status=status, error="boom", result="old")
-    doc, claimed = claim(store, owner="other")
-    assert claimed
-    assert doc["status"] == "queued" and doc["attempts"] == 2 and doc["owner"] == "other"
+    doc, submitted = submit(store, claim_for=worker("other"))
+    assert submitted
+    assert (doc["status"], doc["attempts"], doc["owner"]) == ("running", 2, "other")
     assert "error" not in doc and "result" not in doc
 
 
-@pytest.mark.parametrize("status", ["queued", "running"])
-def test_task_whose_owner_stopped_heartbeating_is_claimed(store, status):
-    claim(store)
-    set_fields(store, "t1", status=status, heartbeat_at=utcnow() - STALE - timedelta(seconds=1))
-    doc, claimed = claim(store, owner="other")
-    assert claimed and doc["attempts"] == 2 and doc["owner"] == "other"
+def test_running_task_whose_worker_stopped_heartbeating_is_submitted_again(store):
+    submit(store, claim_for=worker("me"))
+    set_fields(store, "t1", heartbeat_at=utcnow() - STALE - timedelta(seconds=1))
+    doc, submitted = submit(store, claim_for=worker("other"))
+    assert submitted and doc["attempts"] == 2 and doc["owner"] == "other"
 
 
-def test_active_task_without_heartbeat_counts_as_orphaned(store):
-    store.update("legacy", {"status": "running", "params": {"x": 1}})
-    doc, claimed = claim(store, "legacy")
-    assert claimed and doc["status"] == "queued"
-
-
-def test_running_task_past_its_deadline_is_claimed(store):
-    claim(store)
-    set_fields(store, "t1", status="running", deadline=utcnow() - timedelta(seconds=1))
-    _, claimed = claim(store, owner="other")
-    assert claimed
+def test_running_task_past_its_deadline_is_submitted_again(store):
+    submit(store, claim_for=worker("me"))
+    set_fields(store, "t1", deadline=utcnow() - timedelta(seconds=1))
+    assert submit(store)[1]
 
 
 def test_success_runs_again_only_after_rerun_limit(store):
-    claim(store)
+    submit(store, claim_for=worker())
     set_fields(store, "t1", status="success", update_time=utcnow() - timedelta(minutes=5))
-    assert not claim(store, rerun_after=timedelta(minutes=10))[1]
-    assert not claim(store)[1]
-    doc, claimed = claim(store, rerun_after=timedelta(minutes=1))
-    assert claimed and doc["attempts"] == 2
+    assert not submit(store, rerun_after=timedelta(minutes=10))[1]
+    assert not submit(store)[1]
+    doc, submitted = submit(store, rerun_after=timedelta(minutes=1), claim_for=worker())
+    assert submitted and doc["attempts"] == 2
 
 
-def test_document_without_status_is_claimed(store):
-    store.collection.insert_one({"task_id": "bare", "note": "written by hand"})
-    doc, claimed = claim(store, "bare")
-    assert claimed and doc["note"] == "written by hand"
+def test_document_without_status_is_submitted(store):
+    store.collection.insert_one({"task_id": "bare", "type": "Kind", "note": "written by hand"})
+    doc, submitted = submit(store, "bare")
+    assert submitted and doc["note"] == "written by hand"
 
 
-def test_concurrent_claims_of_one_id_have_one_winner(memory):
-    store = TaskStore(memory)
+def test_an_id_of_another_type_is_refused(store):
+    TaskStore(store.collection, "Other").submit("shared", {}, stale_after=STALE)
+    with pytest.raises(TaskIdTaken):
+        submit(store, "shared")
+    assert store.public("shared") is None, "a type never sees another type's task"
+
+
+def test_concurrent_submissions_of_one_id_have_one_winner(memory):
+    store = TaskStore(memory, "Kind")
     barrier = threading.Barrier(32)
     wins = []
 
     def contend(i):
         barrier.wait()
-        wins.append(claim(store, "same", owner=f"o{i}")[1])
+        wins.append(submit(store, "same", claim_for=worker(f"o{i}"))[1])
 
     threads = [threading.Thread(target=contend, args=(i,)) for i in range(32)]
     for thread in threads:
@@ -118,47 +136,95 @@ def test_concurrent_claims_of_one_id_have_one_winner(memory):
     assert memory.count_documents({}) == 1
 
 
-def test_start_and_finish_apply_only_to_the_current_attempt(store):
-    claim(store)
-    deadline = utcnow() + timedelta(minutes=1)
-    assert not store.start("t1", 2, "me", deadline), "a wrong attempt must not start"
-    assert not store.start("t1", 1, "other", deadline), "another owner's attempt must not start"
-    assert store.start("t1", 1, "me", deadline)
+def test_concurrent_reruns_of_a_failed_task_never_answer_failed(memory):
+    store = TaskStore(memory, "Kind")
+    submit(store)
+    set_fields(store, "t1", status="failed")
+    barrier = threading.Barrier(24)
+    answers = []
+
+    def rerun():
+        barrier.wait()
+        doc, submitted = submit(store, claim_for=worker())
+        answers.append((submitted, doc["status"]))
+
+    threads = [threading.Thread(target=rerun) for _ in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(submitted for submitted, _ in answers) == 1
+    assert all(status in ("queued", "running") for _, status in answers), answers
+
+
+def test_the_claim_takes_the_highest_priority_then_the_oldest_due(store):
+    now = utcnow()
+    for task_id, priority, ago in [("low-old", -5, 30), ("high-new", 10, 1), ("mid-old", 0, 20),
+                                   ("high-old", 10, 5), ("mid-new", 0, 2)]:
+        submit(store, task_id, priority=priority, now=now - timedelta(seconds=ago))
+    order = [store.claim(worker())["task_id"] for _ in range(5)]
+    assert order == ["high-old", "high-new", "mid-old", "mid-new", "low-old"]
+    assert store.claim(worker()) is None
+
+
+def test_the_claim_waits_for_run_at_and_sees_only_its_type(store):
+    submit(store, "later", run_at=utcnow() + timedelta(seconds=60))
+    TaskStore(store.collection, "Other").submit("theirs", {}, stale_after=STALE)
+    assert store.claim(worker()) is None
+    doc = store.claim(worker(), now=utcnow() + timedelta(seconds=61))
+    assert doc["task_id"] == "later" and doc["status"] == "running" and doc["worker"] == "host:me"
+
+
+def test_an_attempt_writes_only_while_it_is_the_current_one(store):
+    submit(store)
+    first = store.claim(worker("me"))
+    assert first["attempts"] == 1
     set_fields(store, "t1", heartbeat_at=utcnow() - STALE * 2)
-    doc, claimed = claim(store, owner="other")
-    assert claimed and doc["attempts"] == 2
+    assert store.requeue_orphans(STALE, max_attempts=3) == (1, 0)
+    second = store.claim(worker("other"))
+    assert second["attempts"] == 2
     assert not store.finish("t1", "success", attempt=1, result="zombie")
-    assert store.start("t1", 2, "other", deadline)
+    assert not store.progress("t1", 1, 50.0, "zombie")
     assert store.finish("t1", "success", attempt=2, result="fresh")
     view = store.public("t1")
     assert view["status"] == "success" and view["result"] == "fresh" and view["attempts"] == 2
 
 
 def test_transition_refuses_moves_the_status_table_forbids(store):
-    claim(store)
+    submit(store)
     assert not store.finish("t1", TaskStatus.SUCCESS, attempt=1, result=1), "queued cannot succeed"
     assert store.public("t1")["status"] == "queued"
-    assert not store.finish("t1", TaskStatus.FAILED, attempt=1, error="x"), "an attempt ends only from running"
-    assert store.finish("t1", TaskStatus.FAILED, attempt=None, error="lost")
-    assert not store.finish("t1", TaskStatus.CANCELLED, attempt=None)
+    assert store.transition("t1", TaskStatus.FAILED, fields={"error": "x"})
+    with pytest.raises(InvalidTransition):
+        store.transition("t1", TaskStatus.SUCCESS, only_from=("failed",))
     assert store.public("t1")["status"] == "failed"
 
 
-def test_heartbeat_touches_only_the_owners_active_tasks(store):
+def test_heartbeat_touches_only_the_tasks_this_worker_holds(store):
     old = utcnow() - timedelta(minutes=1)
-    for task_id, owner, status in [("a", "me", "queued"), ("b", "me", "running"), ("c", "me", "success"), ("d", "other", "running")]:
-        claim(store, task_id, owner=owner)
-        set_fields(store, task_id, status=status, heartbeat_at=old)
-    assert store.heartbeat("me") == 2
+    for task_id, owner in [("a", "me"), ("b", "me"), ("c", "other")]:
+        submit(store, task_id, claim_for=worker(owner))
+        set_fields(store, task_id, heartbeat_at=old)
+    assert store.heartbeat("me", ["a", "c"]) == 1, "b is no longer held; c is another worker's"
     fresh = {d["task_id"] for d in store.collection.find({"heartbeat_at": {"$gt": old}})}
-    assert fresh == {"a", "b"}
+    assert fresh == {"a"}
+
+
+def test_bulk_retries_finished_and_cancels_unfinished(store):
+    for task_id, status in [("f1", "failed"), ("f2", "failed"), ("ok", "success"), ("q", "queued")]:
+        submit(store, task_id)
+        set_fields(store, task_id, status=status)
+    assert store.bulk("retry", status="failed") == {"matched": 2, "changed": 2}
+    assert {store.public(t)["status"] for t in ("f1", "f2")} == {"queued"}
+    assert store.bulk("cancel", task_ids=["q", "ok"]) == {"matched": 1, "changed": 1}
+    assert store.public("q")["status"] == "cancelled" and store.public("ok")["status"] == "success"
 
 
 def test_update_upserts_and_stamps_update_time(store):
     before = utcnow() - timedelta(milliseconds=5)
     store.update("new", {"status": TaskStatus.PENDING, "note": 1})
     doc = store.collection.find_one({"task_id": "new"})
-    assert doc["status"] == "pending" and isinstance(doc["status"], str) and type(doc["status"]) is str
+    assert doc["status"] == "pending" and type(doc["status"]) is str and doc["type"] == "Kind"
     stamped = doc["update_time"]
     stamped = stamped if stamped.tzinfo else stamped.replace(tzinfo=timezone.utc)
     assert stamped >= before
@@ -167,11 +233,12 @@ def test_update_upserts_and_stamps_update_time(store):
     assert store.public("new")["update_time"] == given
 
 
-def test_public_view_has_the_contract_fields_only(store):
-    claim(store)
+def test_public_view_times_are_aware_utc_and_internal_fields_stay_out(store):
+    submit(store, claim_for=worker("me"))
     view = store.public("t1")
-    assert set(view) == set(PUBLIC_FIELDS)
-    for name in ("created_at", "update_time"):
+    assert view["worker"] == "host:me" and view["priority"] == 0 and view["run_at"] is None
+    assert not {"_id", "owner", "heartbeat_at", "deadline", "lost", "type"} & set(view)
+    for name in ("created_at", "update_time", "queued_at", "started_at"):
         assert view[name].tzinfo is not None and view[name].utcoffset() == timedelta(0)
     assert store.public("missing") is None
 

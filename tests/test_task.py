@@ -291,14 +291,46 @@ def test_callback_hook_gets_the_future_and_task_id(make_task, wait_for):
     assert seen == [(7, task_id)]
 
 
-def test_callback_that_raises_fails_the_task_instead_of_hanging(make_task, wait_for):
+def test_callback_that_raises_is_logged_and_the_outcome_stays_recorded(make_task, wait_for, tmp_path):
     class Broken(Echo):
         def callback(self, future, task_id):
             raise KeyError("callback bug")
 
     task = make_task(Broken)
-    view = wait_for(task, task.run(value=1))
-    assert view["status"] == "failed" and "callback bug" in view["error"]
+    task_id = task.run(value=1)
+    view = wait_for(task, task_id)
+    assert (view["status"], view["result"]) == ("success", 1)
+    log = tmp_path / "logs" / f"{task_id}.log"
+    wait_until(lambda: "callback bug" in log.read_text())
+
+
+def test_callback_override_without_super_still_records_the_outcome(make_task, wait_for):
+    notified = []
+
+    class Notifier(Echo):
+        def callback(self, future, task_id):
+            notified.append(task_id)  # a notification only: never calls super()
+
+    task = make_task(Notifier)
+    ok = task.run(value=5)
+    assert wait_for(task, ok)["status"] == "success" and wait_for(task, ok)["result"] == 5
+    wait_until(lambda: notified == [ok])
+
+
+def test_callback_called_by_hand_records_the_outcome_and_creates_the_document(make_task):
+    from concurrent.futures import Future
+
+    task = make_task(Echo)
+    done: Future = Future()
+    done.set_result({"answer": 42})
+    assert task.callback(done, "by-hand") == {"answer": 42}
+    view = task.retrieve("by-hand")
+    assert (view["status"], view["result"]) == ("success", {"answer": 42})
+    failed: Future = Future()
+    failed.set_exception(ValueError("bad input"))
+    assert task.callback(failed, "by-hand-2") is None
+    view = task.retrieve("by-hand-2")
+    assert view["status"] == "failed" and "bad input" in view["error"]
 
 
 def test_retrieve_hook_is_used_and_get_logger_names_the_task(make_task):

@@ -1,0 +1,407 @@
+"""The dashboard's pages and actions: server-rendered Jinja (autoescaped), plain HTML forms.
+
+Pages refresh themselves through `static/dashboard.js`, which re-fetches the page and swaps
+the regions marked `data-live`; every action is a POST form that works without JavaScript.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import logging
+import uuid
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
+from werkzeug.exceptions import HTTPException
+
+from .. import logs
+from ..errors import AsyncTaskError, InvalidTransition
+from ..jsonable import as_utc, jsonable
+from ..status import FINISHED, TaskStatus
+from ..validation import check_task_id
+from . import auth, charts
+
+if TYPE_CHECKING:
+    from ..task import AsyncTask
+
+logger = logging.getLogger(__name__)
+
+NAME = "asynctask_dashboard"
+STATUSES = [status.value for status in TaskStatus]
+PAGE_SIZE = 50
+#: How often an open page refreshes itself, in milliseconds.
+REFRESH_MS = 2000
+#: The window of the overview's charts.
+STATS_MINUTES = 60
+#: Most tasks a searched bulk action selects (each type).
+BULK_LIMIT = 10_000
+#: Most task ids one call of `bulk` takes.
+BULK_BATCH = 1000
+#: The log a task page shows before it follows the file.
+LOG_PAGE = logs.MAX_READ
+#: Messages an action leaves for the page it redirects to; only these texts are shown.
+NOTICES = {
+    "cancelled": "Task cancelled.",
+    "cancel-requested": "Cancel requested: the task stops as soon as its worker notices.",
+    "cancel-finished": "The task had already finished: there was nothing to cancel.",
+    "retried": "Task submitted again.",
+    "retry-unfinished": "The task has not finished yet, so it was left as it is.",
+    "bulk-retry": "Retried {changed} of {matched} failed task(s).",
+    "bulk-cancel": "Cancelled {changed} of {matched} queued task(s).",
+    "signed-out": "Signed out.",
+}
+
+
+def create_blueprint() -> Blueprint:
+    """The dashboard at /dashboard, for every task type the app serves."""
+    bp = Blueprint(
+        NAME, __name__, url_prefix="/dashboard", template_folder="templates",
+        static_folder="static", static_url_path="/static",
+    )
+
+    @bp.before_request
+    def guard() -> Any:
+        if request.endpoint in (f"{NAME}.static", f"{NAME}.login"):
+            return None
+        if not auth.signed_in():
+            if request.method == "GET" and request.endpoint != f"{NAME}.log":
+                return redirect(url_for(".login", next=_here()))
+            abort(401, "sign in first")
+        if request.method == "POST":
+            auth.check_csrf()
+        return None
+
+    bp.after_request(auth.secure)
+
+    @bp.context_processor
+    def helpers() -> dict[str, Any]:
+        return {
+            "csrf_token": auth.csrf_token, "csrf_field": auth.CSRF_FIELD, "statuses": STATUSES,
+            "with_token": bool(auth.tokens()), "refresh_ms": REFRESH_MS, "when": when, "ago": ago,
+            "seconds": charts.seconds, "pretty": pretty, "run_time": run_time, "first_line": first_line,
+            "iso": lambda value: _time(value).isoformat() if value else "",
+        }
+
+    @bp.get("")
+    def overview() -> str:
+        cards, workers, running = [], {}, []
+        for key, (task, endpoint) in _types().items():
+            counts = task.list(limit=1)["counts"]
+            stats = task.stats(STATS_MINUTES)
+            cards.append({
+                "key": key, "endpoint": endpoint, "counts": {s: counts.get(s, 0) for s in STATUSES},
+                "total": sum(counts.values()), "stats": stats,
+                "throughput": charts.throughput(stats["series"]), "queue_wait": charts.queue_wait(stats["series"]),
+            })
+            for worker in task.workers():  # one process may serve several types: add them up
+                seen = workers.get(worker["worker"])
+                if seen is None:
+                    workers[worker["worker"]] = {**worker, "types": list(worker.get("types") or [])}
+                elif not set(worker.get("types") or []) <= set(seen["types"]):
+                    seen["types"] += [t for t in worker.get("types") or [] if t not in seen["types"]]
+                    seen["slots"] = (seen.get("slots") or 0) + (worker.get("slots") or 0)
+                    seen["running"] = (seen.get("running") or 0) + (worker.get("running") or 0)
+            running += [{**view, "type": key} for view in task.list(TaskStatus.RUNNING.value, 20)["tasks"]]
+        running.sort(key=lambda view: _time(view.get("started_at")))
+        return render_template(
+            f"{NAME}/overview.html", cards=cards, running=running,
+            workers=sorted(workers.values(), key=lambda w: (w.get("host") or "", w.get("pid") or 0)),
+            minutes=STATS_MINUTES,
+        )
+
+    @bp.get("/tasks")
+    def tasks() -> str:
+        types = _types()
+        type_key, status, search = _filter(request.args, types)
+        try:
+            page = max(int(request.args.get("page", "1")), 1)
+        except ValueError:
+            page = 1
+        selected = {type_key: types[type_key]} if type_key else types
+        rows, total, counts = [], 0, dict.fromkeys(STATUSES, 0)
+        skip = (page - 1) * PAGE_SIZE
+        for key, (task, _) in selected.items():
+            listing = _list(task, status, search, limit=PAGE_SIZE if len(selected) == 1 else skip + PAGE_SIZE,
+                            skip=skip if len(selected) == 1 else 0)
+            rows += [{**view, "type": key} for view in listing["tasks"]]
+            total += listing["total"]
+            every = listing if not status else _list(task, None, search, limit=1)
+            for name, n in every["counts"].items():
+                counts[name] = counts.get(name, 0) + n
+        if len(selected) > 1:
+            rows.sort(key=lambda view: (_time(view.get("created_at")), view["task_id"]), reverse=True)
+            rows = rows[skip:skip + PAGE_SIZE]
+        return render_template(
+            f"{NAME}/tasks.html", rows=rows, total=total, counts=counts, types=list(types),
+            type_key=type_key, status=status, search=search, page=page, page_size=PAGE_SIZE,
+            notice=_notice(), bulk_allowed={
+                "retry": status in ("", TaskStatus.FAILED.value),
+                "cancel": status in ("", TaskStatus.QUEUED.value),
+            },
+        )
+
+    @bp.get("/tasks/<type_key>/<task_id>")
+    def task(type_key: str, task_id: str) -> str:
+        task = _task(type_key)
+        check_task_id(task_id)
+        view = task.retrieve(task_id)
+        if view is None:
+            abort(404, f"There is no task {task_id} of type {type_key}.")
+        log_text, log_offset = _log_start(task, task_id)
+        return render_template(
+            f"{NAME}/task.html", type_key=type_key, view=view, finished=view.get("status") in FINISHED,
+            log_text=log_text, log_offset=log_offset, notice=_notice(),
+        )
+
+    @bp.get("/tasks/<type_key>/<task_id>/log")
+    def log(type_key: str, task_id: str) -> Response:
+        task = _task(type_key)
+        check_task_id(task_id)
+        try:
+            offset = max(int(request.args.get("offset", "0")), 0)
+        except ValueError:
+            abort(400, "offset must be a whole number of bytes")
+        read = logs.read_log(task.logger_dir, task_id, offset)
+        if read is None:
+            abort(404, "the task has no log yet")
+        chunk, next_offset = read
+        response = Response(chunk, mimetype="text/plain")
+        response.headers["X-Log-Offset"] = str(next_offset)
+        return response
+
+    @bp.post("/tasks/<type_key>/<task_id>/cancel")
+    def cancel(type_key: str, task_id: str) -> Response:
+        task = _task(type_key)
+        check_task_id(task_id)
+        try:
+            notice = "cancelled" if task.cancel(task_id) == TaskStatus.CANCELLED.value else "cancel-requested"
+        except InvalidTransition:
+            notice = "cancel-finished"
+        return redirect(url_for(".task", type_key=type_key, task_id=task_id, notice=notice), 303)
+
+    @bp.post("/tasks/<type_key>/<task_id>/retry")
+    def retry(type_key: str, task_id: str) -> Response:
+        task = _task(type_key)
+        check_task_id(task_id)
+        view = task.retrieve(task_id)
+        if view is None:
+            abort(404, f"There is no task {task_id} of type {type_key}.")
+        notice = "retry-unfinished"
+        if view.get("status") in FINISHED:
+            task.run(task_id=task_id)
+            notice = "retried"
+        return redirect(url_for(".task", type_key=type_key, task_id=task_id, notice=notice), 303)
+
+    @bp.post("/bulk")
+    def bulk() -> Response:
+        action = request.form.get("action")
+        if action not in ("retry", "cancel"):
+            abort(400, "action must be retry or cancel")
+        types = _types()
+        type_key, status, search = _filter(request.form, types)
+        target = TaskStatus.FAILED.value if action == "retry" else TaskStatus.QUEUED.value
+        matched = changed = 0
+        if status in ("", target):
+            for task, _ in ([types[type_key]] if type_key else types.values()):
+                if search:  # the tasks the search finds, in batches the bulk action takes
+                    ids = _matching_ids(task, target, search)
+                    batches = [{"task_ids": ids[i:i + BULK_BATCH]} for i in range(0, len(ids), BULK_BATCH)]
+                else:
+                    batches = [{}]
+                for batch in batches:
+                    done = task.bulk(action, status=target, **batch)
+                    matched += done["matched"]
+                    changed += done["changed"]
+        return redirect(url_for(
+            ".tasks", type=type_key or None, status=status or None, q=search or None,
+            notice=f"bulk-{action}", matched=matched, changed=changed,
+        ), 303)
+
+    @bp.route("/login", methods=["GET", "POST"])
+    def login() -> Any:
+        target = _safe_next(request.values.get("next"))
+        if not auth.tokens():
+            return redirect(target)
+        error = None
+        if request.method == "POST":
+            auth.check_csrf()
+            token = auth.check_token(request.form.get("token", ""))
+            if token is not None:
+                response = redirect(target, 303)
+                auth.set_session(response, token)
+                return response
+            error = "That token is not valid. Use the API token of one of this service's task types."
+        return render_template(f"{NAME}/login.html", error=error, next=target, notice=_notice()), 401 if error else 200
+
+    @bp.post("/logout")
+    def logout() -> Response:
+        response = redirect(url_for(".login", notice="signed-out"), 303)
+        auth.clear_session(response)
+        return response
+
+    @bp.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[str, int]:
+        code = exc.code or 500
+        if code >= 500:
+            return unexpected(exc)
+        return render_template(f"{NAME}/error.html", code=code, title=exc.name, message=exc.description), code
+
+    @bp.errorhandler(AsyncTaskError)
+    def task_error(exc: AsyncTaskError) -> tuple[str, int]:
+        if exc.http_status >= 500:
+            return unexpected(exc)
+        return render_template(
+            f"{NAME}/error.html", code=exc.http_status, title=type(exc).__name__, message=str(exc)
+        ), exc.http_status
+
+    @bp.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[str, int]:
+        error_id = uuid.uuid4().hex[:16]
+        logger.error("dashboard error id %s: %s %s failed", error_id, request.method, request.path, exc_info=exc)
+        return render_template(
+            f"{NAME}/error.html", code=500, title="Internal server error",
+            message=f"Something went wrong on the server (error id {error_id}); its log has the details.",
+        ), 500
+
+    return bp
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def _types() -> dict[str, tuple[AsyncTask, str]]:
+    """The app's task types by the key the dashboard's URLs use: the name, made unique."""
+    found: dict[str, tuple[AsyncTask, str]] = {}
+    for task, endpoint in current_app.extensions.get("asynctask", []):
+        key, n = task.name, 2
+        while key in found:
+            key, n = f"{task.name}-{n}", n + 1
+        found[key] = (task, endpoint)
+    return found
+
+
+def _task(type_key: str) -> AsyncTask:
+    found = _types().get(type_key)
+    if found is None:
+        abort(404, f"This service has no task type {type_key}.")
+    return found[0]
+
+
+def _filter(values: Any, types: dict[str, Any]) -> tuple[str, str, str]:
+    """(type, status, search) of a request; unknown types and statuses mean "all"."""
+    type_key = values.get("type", "")
+    status = values.get("status", "")
+    search = (values.get("q") or "").strip()[:200]
+    return (type_key if type_key in types else ""), (status if status in STATUSES else ""), search
+
+
+def _list(task: AsyncTask, status: str, search: str, limit: int, skip: int = 0) -> dict[str, Any]:
+    if search:
+        return task.list(status or None, limit, skip, search=search)
+    return task.list(status or None, limit, skip)
+
+
+def _matching_ids(task: AsyncTask, status: str, search: str) -> list[str]:
+    ids: list[str] = []
+    while len(ids) < BULK_LIMIT:
+        page = task.list(status, BULK_BATCH, len(ids), search=search)["tasks"]
+        ids += [view["task_id"] for view in page]
+        if len(page) < BULK_BATCH:
+            break
+    return ids[:BULK_LIMIT]
+
+
+def _log_start(task: AsyncTask, task_id: str) -> tuple[str, int]:
+    """The start of the task's log as text, and the byte offset the page follows it from."""
+    read = logs.read_log(task.logger_dir, task_id, 0)
+    if read is None:
+        return "", 0
+    chunk, offset = read
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    text = decoder.decode(chunk, final=False)
+    pending = len(decoder.getstate()[0])  # a character cut at the end is read again by the page
+    return text, offset - pending
+
+
+def _notice() -> str | None:
+    template = NOTICES.get(request.args.get("notice", ""))
+    if template is None:
+        return None
+
+    def number(name: str) -> int:
+        try:
+            return max(int(request.args.get(name, "0")), 0)
+        except ValueError:
+            return 0
+
+    return template.format(matched=number("matched"), changed=number("changed"))
+
+
+def _here() -> str:
+    return request.full_path.rstrip("?")
+
+
+def _safe_next(target: str | None) -> str:
+    """Where to go after signing in: a dashboard path of this site, never another site."""
+    home = url_for(".overview")
+    if not target:
+        return home
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or "\\" in target or not parts.path.startswith(home) or target.startswith("//"):
+        return home
+    return target
+
+
+def _time(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return as_utc(value)
+    if isinstance(value, str):
+        try:
+            return as_utc(datetime.fromisoformat(value))
+        except ValueError:
+            pass
+    return datetime.min.replace(tzinfo=timezone.utc)
+
+
+def when(value: Any, full: bool = False) -> str:
+    """A time as an operator reads it, in UTC: the clock time today, with the date otherwise."""
+    if not value:
+        return "–"
+    moment = _time(value)
+    if full:
+        return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    if moment.date() == datetime.now(timezone.utc).date():
+        return moment.strftime("%H:%M:%S")
+    return moment.strftime("%Y-%m-%d %H:%M")
+
+
+def ago(value: Any) -> str:
+    """How long ago (or how soon) a time is: "12 s ago", "in 3 min"."""
+    if not value:
+        return ""
+    delta = (datetime.now(timezone.utc) - _time(value)).total_seconds()
+    text = f"{int(abs(delta))} s" if abs(delta) < 60 else charts.seconds(abs(delta))
+    return f"{text} ago" if delta >= 0 else f"in {text}"
+
+
+def run_time(view: dict[str, Any]) -> str:
+    """How long the task ran (or has been running)."""
+    started = view.get("started_at")
+    if not started:
+        return "–"
+    end = view.get("finished_at") or datetime.now(timezone.utc)
+    return charts.seconds(max((_time(end) - _time(started)).total_seconds(), 0.0))
+
+
+def pretty(value: Any) -> str:
+    """A task's params or result as indented JSON text."""
+    return json.dumps(jsonable(value), indent=2, ensure_ascii=False, default=str, sort_keys=False)
+
+
+def first_line(error: Any, length: int = 140) -> str:
+    """The last line of an error's traceback (the exception and its message), shortened."""
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    line = lines[-1] if lines else ""
+    return line if len(line) <= length else line[: length - 1] + "…"

@@ -1,0 +1,162 @@
+"""What workers share besides the task documents, in two small companion collections.
+
+- `<tasks>.workers`: one document per worker process and task type (host, pid, slots, running,
+  started, last heartbeat), refreshed with each heartbeat; `GET /workers` lists the live ones.
+- `<tasks>.slots`: `max_concurrency` slot documents per capped task type. A worker takes a free
+  slot (one atomic `find_one_and_update`) before it claims a task, and frees it when the
+  attempt ends. A slot whose task no longer runs with that attempt (its worker was killed) is
+  freed by any worker's sweep, so a dead worker never keeps a slot for good.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from .jsonable import as_utc
+from .status import TaskStatus
+from .store import utcnow
+
+logger = logging.getLogger(__name__)
+
+#: The holder of a slot that was taken for a claim still under way.
+_CLAIMING = "~claiming"
+
+
+def companion(collection: Any, suffix: str) -> Any:
+    """The collection `<name>.<suffix>` in the same database as `collection`."""
+    return collection.database.get_collection(f"{collection.name}.{suffix}")
+
+
+class Workers:
+    """The worker registry: one document per (worker process, task type)."""
+
+    def __init__(self, collection: Any) -> None:
+        self._tasks = collection
+        self._indexed = False
+
+    @property
+    def collection(self) -> Any:
+        """Looked up on use: the database client is made in each process, never before a fork."""
+        return companion(self._tasks, "workers")
+
+    def beat(self, owner: str, task_type: str, *, slots: int, running: int, started_at: datetime,
+             now: datetime | None = None) -> None:
+        """Register or refresh this worker for `task_type` (one upsert)."""
+        if not self._indexed:
+            self.collection.create_index([("heartbeat_at", ASCENDING)], name="heartbeat")
+            self._indexed = True
+        host, pid = owner.split(":")[:2]
+        self.collection.update_one(
+            {"_id": f"{owner}/{task_type}"},
+            {"$set": {
+                "owner": owner, "worker": f"{host}:{pid}", "host": host, "pid": int(pid), "type": task_type,
+                "slots": slots, "running": running, "started_at": started_at, "heartbeat_at": now or utcnow(),
+            }},
+            upsert=True,
+        )
+
+    def leave(self, owner: str, task_type: str) -> None:
+        """Remove this worker's entry for `task_type` (a clean stop)."""
+        self.collection.delete_one({"_id": f"{owner}/{task_type}"})
+
+    def live(self, types: Iterable[str], stale_after: timedelta, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Live workers serving any of `types`, one entry per process with its types added up."""
+        since = (now or utcnow()) - stale_after
+        merged: dict[str, dict[str, Any]] = {}
+        for doc in self.collection.find({"type": {"$in": list(types)}, "heartbeat_at": {"$gte": since}}):
+            entry = merged.setdefault(doc["owner"], {
+                "worker": doc["worker"], "host": doc["host"], "pid": doc["pid"], "types": [],
+                "slots": 0, "running": 0, "started_at": as_utc(doc["started_at"]),
+                "heartbeat_at": as_utc(doc["heartbeat_at"]),
+            })
+            entry["types"].append(doc["type"])
+            entry["slots"] += doc["slots"]
+            entry["running"] += doc["running"]
+            entry["heartbeat_at"] = max(entry["heartbeat_at"], as_utc(doc["heartbeat_at"]))
+        return sorted(merged.values(), key=lambda w: (w["host"], w["pid"]))
+
+
+class ConcurrencySlots:
+    """At most `limit` running tasks of one type across every process and host."""
+
+    def __init__(self, collection: Any, task_type: str, limit: int) -> None:
+        self.tasks = collection
+        self.type, self.limit = task_type, limit
+        self._made = False
+
+    @property
+    def collection(self) -> Any:
+        return companion(self.tasks, "slots")
+
+    def _make(self) -> None:
+        """Create the slot documents once (any process may; the ids make it idempotent)."""
+        if self._made:
+            return
+        for index in range(self.limit):
+            try:
+                self.collection.update_one(
+                    {"_id": f"{self.type}#{index}"},
+                    {"$setOnInsert": {"type": self.type, "index": index, "holder": None}},
+                    upsert=True,
+                )
+            except DuplicateKeyError:
+                pass  # another process made it at the same moment
+        self._made = True
+
+    def acquire(self, now: datetime | None = None) -> str | None:
+        """Take a free slot for a claim about to be made; its id, or None when all are taken."""
+        self._make()
+        slot = self.collection.find_one_and_update(
+            {"type": self.type, "index": {"$lt": self.limit}, "holder": None},
+            {"$set": {"holder": _CLAIMING, "held_at": now or utcnow()}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return None if slot is None else slot["_id"]
+
+    def bind(self, slot_id: str, task_id: str, attempt: int) -> None:
+        """The claim succeeded: the slot is held by this attempt of `task_id`."""
+        self.collection.update_one({"_id": slot_id}, {"$set": {"holder": task_id, "attempt": attempt}})
+
+    def free(self, slot_id: str) -> None:
+        """The claim found nothing: give the slot back."""
+        self.collection.update_one({"_id": slot_id, "holder": _CLAIMING}, {"$set": {"holder": None}})
+
+    def release(self, task_id: str, attempt: int) -> None:
+        """The attempt ended: free the slot it held."""
+        self.collection.update_one(
+            {"type": self.type, "holder": task_id, "attempt": attempt},
+            {"$set": {"holder": None}, "$unset": {"attempt": ""}},
+        )
+
+    def reap(self, stale_after: timedelta, now: datetime | None = None) -> int:
+        """Free slots whose attempt no longer runs (a killed worker's), or whose claim stalled."""
+        now = now or utcnow()
+        freed = 0
+        for slot in self.collection.find({"type": self.type, "holder": {"$ne": None}}):
+            holder, attempt = slot["holder"], slot.get("attempt")
+            if holder == _CLAIMING:
+                if as_utc(slot["held_at"]) > now - stale_after:
+                    continue
+            elif self.tasks.find_one(
+                {"task_id": holder, "attempts": attempt, "status": TaskStatus.RUNNING.value}, {"_id": 1}
+            ) is not None:
+                continue
+            freed += self.collection.update_one(
+                {"_id": slot["_id"], "holder": holder, "held_at": slot["held_at"]},
+                {"$set": {"holder": None}, "$unset": {"attempt": ""}},
+            ).modified_count
+        return freed
+
+
+def worker_name() -> str:
+    """`host:pid` of this process, as the public view and `/workers` show it."""
+    import os
+
+    return f"{socket.gethostname()}:{os.getpid()}"
