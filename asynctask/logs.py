@@ -81,7 +81,7 @@ def _drop_columns(summary: traceback.TracebackException | None, seen: set[int]) 
         return
     seen.add(id(summary))
     for frame in summary.stack:
-        if hasattr(frame, "colno"):  # Python 3.11+; earlier versions have no markers to drop
+        if sys.version_info >= (3, 11):  # earlier versions have no column markers to drop
             frame.colno = frame.end_colno = None
     for nested in (summary.__cause__, summary.__context__, *(getattr(summary, "exceptions", None) or ())):
         _drop_columns(nested, seen)

@@ -540,7 +540,7 @@ class IndexedCollectionStore(mm_store.CollectionStore):
         self._sync_structures()
 
     # mongomock assigns `indexes` directly (drop_indexes), so it is a property here.
-    @property  # type: ignore[override]
+    @property
     def indexes(self) -> dict[str, Any]:
         return self._index_specs
 
@@ -871,7 +871,7 @@ class IndexedCursor(Cursor):
     def clone(self) -> IndexedCursor:
         cursor = super().clone()
         cursor.__class__ = IndexedCursor
-        return cursor  # type: ignore[return-value]
+        return cursor
 
 
 class IndexedCollection(Collection):
@@ -882,7 +882,7 @@ class IndexedCollection(Collection):
 
     @property
     def _store(self) -> IndexedCollectionStore:
-        return self._db_store[self._name]  # type: ignore[no-any-return]
+        return self._db_store[self._name]
 
     def _iter_documents(self, filter: Any) -> Iterator[dict[str, Any]]:  # noqa: A002 - mongomock's name
         store = self._store
@@ -934,7 +934,7 @@ class IndexedCollection(Collection):
     def find(self, *args: Any, **kwargs: Any) -> IndexedCursor:
         cursor = super().find(*args, **kwargs)
         cursor.__class__ = IndexedCursor
-        return cursor  # type: ignore[no-any-return]
+        return cursor
 
     def find_one(self, filter: Any = None, *args: Any, **kwargs: Any) -> Any:  # noqa: A002
         if filter is None:
@@ -984,7 +984,7 @@ class IndexedCollection(Collection):
                 if limit is None or (isinstance(limit, (int, float)) and limit > 0):
                     count = max(count - skip, 0)
                     return count if limit is None else min(count, int(limit))
-        return super().count_documents(filter, **kwargs)  # type: ignore[no-any-return]
+        return super().count_documents(filter, **kwargs)
 
     def aggregate(self, pipeline: Any, session: Any = None, **unused_kwargs: Any) -> Any:
         pipeline = list(pipeline)
@@ -1010,7 +1010,7 @@ class IndexedCollection(Collection):
 class IndexedDatabaseStore(mm_store.DatabaseStore):
     def __getitem__(self, col_name: str) -> IndexedCollectionStore:
         try:
-            return self._collections[col_name]  # type: ignore[no-any-return]
+            return self._collections[col_name]
         except KeyError:
             col = self._collections[col_name] = IndexedCollectionStore(col_name)
             return col
@@ -1024,7 +1024,7 @@ class IndexedDatabaseStore(mm_store.DatabaseStore):
 class IndexedServerStore(mm_store.ServerStore):
     def __getitem__(self, db_name: str) -> IndexedDatabaseStore:
         try:
-            return self._databases[db_name]  # type: ignore[no-any-return]
+            return self._databases[db_name]
         except KeyError:
             db = self._databases[db_name] = IndexedDatabaseStore()
             return db

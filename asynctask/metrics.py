@@ -121,7 +121,7 @@ def _on_ended(sender: Any, *, attempt: Any, seconds: float, **_: Any) -> None:
 
 
 def _on_finished(sender: Any, *, status: str, count: int = 1, **_: Any) -> None:
-    for _ in range(count):
+    for _i in range(count):
         finished(sender.name, status, None)
 
 

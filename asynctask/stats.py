@@ -74,7 +74,7 @@ def task_stats(collection: Any, task_type: str, minutes: int = 60, now: datetime
     since = until - minutes * _MINUTE
     window = {"$gte": since, "$lt": until}
 
-    series = [
+    series: list[dict[str, Any]] = [
         {
             "minute": since + i * _MINUTE, "submitted": 0, "started": 0,
             "finished": dict.fromkeys(FINISHED_STATUSES, 0), "queue_wait": {"p50": None, "p95": None},

@@ -23,6 +23,7 @@ Indexes, and the queries each one serves:
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import re
@@ -464,7 +465,7 @@ class TaskStore:
             return 0, None
         return self.collection.count_documents(due), as_utc(oldest["run_at"])
 
-    def existing(self, task_ids: list[str]) -> set[str]:
+    def existing(self, task_ids: builtins.list[str]) -> set[str]:
         """Which of `task_ids` have a document."""
         cursor = self.collection.find({"task_id": {"$in": task_ids}}, {"_id": 0, "task_id": 1})
         return {doc["task_id"] for doc in cursor}

@@ -8,6 +8,7 @@ attempt (`_run_attempt`): outcome = execute(main) -> record(outcome) -> notify(c
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import functools
 import logging
@@ -355,7 +356,8 @@ class AsyncTask:
             self._worker.stop_attempts(task_id, "cancelled")
         return status
 
-    def bulk(self, action: str, status: str | None = None, task_ids: list[str] | None = None) -> dict[str, int]:
+    def bulk(self, action: str, status: str | None = None,
+             task_ids: builtins.list[str] | None = None) -> dict[str, int]:
         """Retry the finished tasks, or cancel the unfinished ones, that `status` or `task_ids`
         select; returns {"matched": n, "changed": n}."""
         if action not in ("retry", "cancel"):
@@ -406,7 +408,7 @@ class AsyncTask:
 
         return task_stats(self.collection, self.name, minutes)
 
-    def workers(self) -> list[dict[str, Any]]:
+    def workers(self) -> builtins.list[dict[str, Any]]:
         """The live workers of this task type (host, pid, types, slots, running, heartbeats)."""
         return self._workers.live([self.name], self.stale_after)
 

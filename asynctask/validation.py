@@ -213,7 +213,7 @@ class Signature:
             extra="allow" if self.var_keyword else "forbid", allow_inf_nan=False,
             populate_by_name=False, arbitrary_types_allowed=True,
         )
-        self.model: type[pydantic.BaseModel] = pydantic.create_model(  # type: ignore[call-overload]
+        self.model: type[pydantic.BaseModel] = pydantic.create_model(
             "Params", __config__=config, **fields,
         )
         #: The defaults JSON Schema shows: those JSON carries and the annotation allows.

@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, Unauthorized
@@ -308,7 +308,7 @@ def create_blueprint(task: AsyncTask, endpoint: str = "/api", name: str | None =
     register_error_handlers(blueprint)
     # However the blueprint is added (init_app or app.register_blueprint), the app gets
     # /ping, /healthz, /metrics, /openapi.json and envelope errors with its first task type.
-    blueprint.record(lambda state: _attach(state.app, task, endpoint or "/"))
+    blueprint.record(lambda state: _attach(cast(Flask, state.app), task, endpoint or "/"))
     return blueprint
 
 

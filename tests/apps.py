@@ -14,6 +14,8 @@ gunicorn imports `apps:app` in each worker; everything comes from environment va
 | `APPS_FAIL_FIRST` | non-empty: the first attempt raises once it has worked |
 | `APPS_MAX_WORKER` | slots per process (default 4) |
 | `APPS_MAX_ATTEMPTS` | `max_attempts` (default 3) |
+| `APPS_POLL` | `poll_interval` in seconds (default 1) |
+| `APPS_MAX_CONCURRENCY` | `max_concurrency` (default none) |
 | `APPS_LOG_DIR` | folder of the task logs (default `logs`) |
 
 `main` records every call in the database, not in memory, so the test process sees the calls
@@ -21,11 +23,13 @@ of every worker: one document per call with `task_id`, `pid`, `thread` (native i
 `started` and `ended` (epoch seconds; `ended` stays None for a call whose process died).
 
 `Server` starts such an app under gunicorn (plain, with asynctask's hooks, or through
-`asynctask serve`) in its own process group, for the tests and `bench/recovery.py`.
+`asynctask serve`) in its own process group, and `WorkerProcess` runs `asynctask worker apps:api`,
+for the tests and the benchmarks. `tasks`, `calls` and `all_in` read what they left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -39,6 +43,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +107,9 @@ def build(
     max_worker: int = 4,
     max_attempts: int = 3,
     log_dir: str = "logs",
+    poll: float = 1.0,
+    max_concurrency: int | None = None,
+    worker: bool | None = None,
 ) -> Recorded:
     """A `Recorded` task on `database.collection` at `uri`, its calls in `<collection>_calls`."""
     return Recorded(
@@ -109,7 +117,7 @@ def build(
         calls=LazyMongoCollection(uri, database, f"{collection}_calls"), seconds=seconds, retry_seconds=retry_seconds,
         fail_first=fail_first,
         max_worker=max_worker, heartbeat_interval=heartbeat, stale_after=stale_after,
-        max_attempts=max_attempts,
+        max_attempts=max_attempts, poll_interval=poll, max_concurrency=max_concurrency, worker=worker,
     )
 
 
@@ -132,6 +140,8 @@ def from_environment() -> Recorded | None:
         max_worker=int(os.environ.get("APPS_MAX_WORKER", "4")),
         max_attempts=int(os.environ.get("APPS_MAX_ATTEMPTS", "3")),
         log_dir=os.environ.get("APPS_LOG_DIR", "logs"),
+        poll=float(os.environ.get("APPS_POLL", "1")),
+        max_concurrency=int(os.environ["APPS_MAX_CONCURRENCY"]) if os.environ.get("APPS_MAX_CONCURRENCY") else None,
     )
 
 
@@ -189,6 +199,8 @@ class Server:
         mode: str = "hooks",
         workers: int = 1,
         grace: float | None = None,
+        preload: bool = False,
+        no_worker: bool = False,
         **settings: Any,
     ) -> None:
         self.port = free_port()
@@ -206,6 +218,10 @@ class Server:
             command.append("apps:app")
         else:
             raise ValueError(f"unknown mode {mode!r}")
+        if preload:
+            command.append("--preload")
+        if no_worker:
+            command.append("--no-worker")
         env = environment(uri, collection, log_dir, **settings)
         if grace is not None:
             env["ASYNCTASK_SHUTDOWN_GRACE"] = str(grace)
@@ -255,3 +271,61 @@ class Server:
             pass
         self.proc.wait(timeout=10)
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+class WorkerProcess:
+    """`asynctask worker apps:api` in a process group of its own, ready once it says so."""
+
+    def __init__(self, uri: str, collection: str, log_dir: str | os.PathLike[str], *, concurrency: int = 2,
+                 grace: float = 20.0, **settings: Any) -> None:
+        command = [sys.executable, "-m", "asynctask.cli", "worker", "apps:api",
+                   "--concurrency", str(concurrency), "--grace", str(grace)]
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        self.stderr_path = Path(log_dir) / f"worker-{uuid.uuid4().hex[:8]}.err"
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                command, cwd=ROOT, env=environment(uri, collection, log_dir, **settings), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=err, start_new_session=True, text=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = 30.0) -> str:
+        """The line the worker prints once it takes work; raise if it exits first."""
+        assert self.proc.stdout is not None
+        ready: list[str] = []
+        reader = threading.Thread(target=lambda: ready.append(self.proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not ready or "ready" not in ready[0]:
+            raise RuntimeError(f"the worker did not get ready: {ready!r}\n{self.stderr_path.read_text()}")
+        return ready[0]
+
+    def stop(self) -> None:
+        """SIGKILL the worker, if it still runs, and reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+
+def tasks(db: Any, name: str) -> dict[str, dict[str, Any]]:
+    """Every task document of the collection, by task id."""
+    return {doc["task_id"]: doc for doc in db[name].find({}, {"_id": 0})}
+
+
+def calls(db: Any, name: str) -> dict[str, list[dict[str, Any]]]:
+    """Every recorded call of `main`, by task id, oldest first."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for call in db[f"{name}_calls"].find({}, {"_id": 0}).sort("started", 1):
+        by_task.setdefault(call["task_id"], []).append(call)
+    return by_task
+
+
+def all_in(db: Any, name: str, keys: list[str], status: str) -> dict[str, dict[str, Any]] | None:
+    """The task documents if every one of `keys` has `status`, else None."""
+    docs = tasks(db, name)
+    if all(docs.get(key, {}).get("status") == status for key in keys):
+        return docs
+    return None

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import apps
 import pytest
+from pymongo import MongoClient
 from waiting import wait_for
 
 from asynctask import AsyncTask, MemoryCollection
@@ -27,6 +30,73 @@ def mongo_uri() -> Iterator[str]:
 
     with running_server() as uri:
         yield uri
+
+
+# -- real processes on the shared MongoDB -------------------------------------------------------
+
+
+@pytest.fixture
+def db(mongo_uri: str) -> Iterator[Any]:
+    """The database the apps use, through a client of the test process."""
+    client: MongoClient = MongoClient(mongo_uri, tz_aware=True, serverSelectionTimeoutMS=5000)
+    yield client[apps.DEFAULT_DB]
+    client.close()
+
+
+@pytest.fixture
+def name(db: Any) -> Iterator[str]:
+    """A fresh collection name for this test; it and its calls collection are dropped after."""
+    collection = f"d_{uuid.uuid4().hex[:12]}"
+    yield collection
+    for suffix in ("", "_calls", ".workers", ".slots"):
+        db.drop_collection(f"{collection}{suffix}")
+
+
+@pytest.fixture
+def serve(mongo_uri: str, name: str, tmp_path: Path) -> Iterator[Callable[..., apps.Server]]:
+    """Start `apps.Server`s on this test's collection, ready to serve; all killed at teardown."""
+    started: list[apps.Server] = []
+
+    def start(**options: Any) -> apps.Server:
+        server = apps.Server(mongo_uri, name, tmp_path / "logs", **options)
+        started.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def local_task(mongo_uri: str, name: str, tmp_path: Path) -> Iterator[Callable[..., apps.Recorded]]:
+    """Build `apps.Recorded` tasks in the test process on this test's collection; shut down after."""
+    made: list[apps.Recorded] = []
+
+    def build(**settings: Any) -> apps.Recorded:
+        task = apps.build(mongo_uri, name, log_dir=str(tmp_path / "local-logs"), **settings)
+        made.append(task)
+        return task
+
+    yield build
+    for task in made:
+        task.shutdown(wait=True)
+
+
+@pytest.fixture
+def workers(mongo_uri: str, name: str, tmp_path: Path) -> Iterator[Callable[..., apps.WorkerProcess]]:
+    """Start `asynctask worker` processes on this test's collection, ready; all killed at teardown."""
+    started: list[apps.WorkerProcess] = []
+
+    def start(**options: Any) -> apps.WorkerProcess:
+        worker = apps.WorkerProcess(mongo_uri, name, tmp_path / "logs", **options)
+        started.append(worker)
+        worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
 
 
 @pytest.fixture(params=["memory", "mongo"])

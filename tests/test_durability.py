@@ -1,4 +1,4 @@
-"""Durability and scale with real processes (CONTRACT section 7).
+"""Durability and scale with real processes.
 
 Each test serves `apps:app` under gunicorn against the shared test MongoDB (the wire server of
 `conftest.mongo_uri`) and judges only by what is in the database: the task documents, and the
@@ -24,8 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 import apps
 import pytest
 import waiting
-from pymongo import MongoClient
+from apps import all_in, calls, tasks
 
 #: Grace for a task's state to show up in the database, on a loaded 2-core machine.
 DEADLINE = 20.0
@@ -60,78 +59,9 @@ sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 """
 
 
-@pytest.fixture
-def db(mongo_uri: str) -> Iterator[Any]:
-    """The database the apps use, through a client of the test process."""
-    client: MongoClient = MongoClient(mongo_uri, tz_aware=True, serverSelectionTimeoutMS=5000)
-    yield client[apps.DEFAULT_DB]
-    client.close()
-
-
-@pytest.fixture
-def name(db: Any) -> Iterator[str]:
-    """A fresh collection name for this test; it and its calls collection are dropped after."""
-    collection = f"d_{uuid.uuid4().hex[:12]}"
-    yield collection
-    db.drop_collection(collection)
-    db.drop_collection(f"{collection}_calls")
-
-
-@pytest.fixture
-def serve(mongo_uri: str, name: str, tmp_path: Path) -> Iterator[Callable[..., apps.Server]]:
-    """Start `apps.Server`s on this test's collection, ready to serve; all killed at teardown."""
-    started: list[apps.Server] = []
-
-    def start(**options: Any) -> apps.Server:
-        server = apps.Server(mongo_uri, name, tmp_path / "logs", **options)
-        started.append(server)
-        server.wait_ready()
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture
-def local_task(mongo_uri: str, name: str, tmp_path: Path) -> Iterator[Callable[..., apps.Recorded]]:
-    """Build `apps.Recorded` tasks in the test process on this test's collection; shut down after."""
-    made: list[apps.Recorded] = []
-
-    def build(**settings: Any) -> apps.Recorded:
-        task = apps.build(mongo_uri, name, log_dir=str(tmp_path / "local-logs"), **settings)
-        made.append(task)
-        return task
-
-    yield build
-    for task in made:
-        task.shutdown(wait=True)
-
-
 def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
     """`waiting.wait_until` with this module's deadline for real processes."""
     return waiting.wait_until(condition, what, timeout, interval=0.05)
-
-
-def tasks(db: Any, name: str) -> dict[str, dict[str, Any]]:
-    """Every task document of the collection, by task id."""
-    return {doc["task_id"]: doc for doc in db[name].find({}, {"_id": 0})}
-
-
-def calls(db: Any, name: str) -> dict[str, list[dict[str, Any]]]:
-    """Every recorded call of `main`, by task id, oldest first."""
-    by_task: dict[str, list[dict[str, Any]]] = {}
-    for call in db[f"{name}_calls"].find({}, {"_id": 0}).sort("started", 1):
-        by_task.setdefault(call["task_id"], []).append(call)
-    return by_task
-
-
-def all_in(db: Any, name: str, keys: list[str], status: str) -> dict[str, dict[str, Any]] | None:
-    """The task documents if every one of `keys` has `status`, else None."""
-    docs = tasks(db, name)
-    if all(docs.get(key, {}).get("status") == status for key in keys):
-        return docs
-    return None
 
 
 def owner_pid(doc: dict[str, Any]) -> int:
@@ -176,9 +106,13 @@ def test_concurrent_posts_start_main_once_per_task(db: Any, name: str, serve: Ca
     assert len({call["pid"] for runs in recorded.values() for call in runs}) > 1, "one worker took all"
 
 
-def test_sigkill_loses_no_task(db: Any, name: str, serve: Callable[..., apps.Server]) -> None:
-    """SIGKILL a worker mid-task: its tasks end success in another process, attempt 2, no overlap."""
-    server = serve(mode="hooks", workers=2, seconds=2, heartbeat=0.2, stale_after=0.8)
+@pytest.mark.parametrize(("mode", "preload"), [("hooks", False), ("gunicorn", False), ("gunicorn", True)],
+                         ids=["hooks", "plain-gunicorn", "plain-gunicorn-preload"])
+def test_sigkill_loses_no_task(db: Any, name: str, serve: Callable[..., apps.Server], mode: str,
+                               preload: bool) -> None:
+    """SIGKILL a worker mid-task, send no further request: its tasks end success in another
+    process (plain gunicorn too, with and without --preload), attempt 2, no overlap."""
+    server = serve(mode=mode, preload=preload, workers=2, seconds=2, heartbeat=0.2, stale_after=0.8, poll=0.1)
     keys = [f"k{i}" for i in range(4)]
     for key in keys:
         assert server.submit(key)[0] == 202

@@ -87,3 +87,22 @@ def test_the_cancel_example_cancels_a_queued_and_a_running_task(example, capsys)
     assert answers["cancel it again"][0] == 409
     out = capsys.readouterr().out
     assert out.count("\n") == 6 and "-> 409" in out
+
+
+def test_the_fleet_example_runs_its_demo_and_exits_0(tmp_path):
+    """`python -m examples.fleet`, as its docstring says: queued reports run by priority."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in ("ASYNCTASK_MONGO_URI", "ASYNCTASK_API_TOKEN")}
+    env.update(ASYNCTASK_LOG_DIR=str(tmp_path / "logs"), DISABLE_STREAM_HANDLER="1")
+    done = subprocess.run([sys.executable, "-m", "examples.fleet"], cwd=Path(__file__).resolve().parents[1],
+                          env=env, capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 5 and all(" success: {'title': " in line for line in lines)
+    started = [line.split()[0] for line in lines]
+    assert started.index("urgent") < started.index("backlog")  # higher priority first
+    assert (tmp_path / "logs").is_dir()

@@ -21,7 +21,8 @@ import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from flask import Response, abort, current_app, g, request
+from flask import abort, current_app, g, request
+from werkzeug.wrappers import Response
 
 if TYPE_CHECKING:
     from ..task import AsyncTask

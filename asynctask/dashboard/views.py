@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from .. import logs
 from ..errors import AsyncTaskError, InvalidTransition
@@ -87,7 +88,9 @@ def create_blueprint() -> Blueprint:
 
     @bp.get("")
     def overview() -> str:
-        cards, workers, running = [], {}, []
+        cards: list[dict[str, Any]] = []
+        workers: dict[str, dict[str, Any]] = {}
+        running: list[dict[str, Any]] = []
         for key, (task, endpoint) in _types().items():
             counts = task.list(limit=1)["counts"]
             stats = task.stats(STATS_MINUTES)
@@ -145,11 +148,7 @@ def create_blueprint() -> Blueprint:
 
     @bp.get("/tasks/<type_key>/<task_id>")
     def task(type_key: str, task_id: str) -> str:
-        task = _task(type_key)
-        check_task_id(task_id)
-        view = task.retrieve(task_id)
-        if view is None:
-            abort(404, f"There is no task {task_id} of type {type_key}.")
+        task, view = _task_view(type_key, task_id)
         log_text, log_offset = _log_start(task, task_id)
         return render_template(
             f"{NAME}/task.html", type_key=type_key, view=view, finished=view.get("status") in FINISHED,
@@ -173,7 +172,7 @@ def create_blueprint() -> Blueprint:
         return response
 
     @bp.post("/tasks/<type_key>/<task_id>/cancel")
-    def cancel(type_key: str, task_id: str) -> Response:
+    def cancel(type_key: str, task_id: str) -> WerkzeugResponse:
         task = _task(type_key)
         check_task_id(task_id)
         try:
@@ -183,12 +182,8 @@ def create_blueprint() -> Blueprint:
         return redirect(url_for(".task", type_key=type_key, task_id=task_id, notice=notice), 303)
 
     @bp.post("/tasks/<type_key>/<task_id>/retry")
-    def retry(type_key: str, task_id: str) -> Response:
-        task = _task(type_key)
-        check_task_id(task_id)
-        view = task.retrieve(task_id)
-        if view is None:
-            abort(404, f"There is no task {task_id} of type {type_key}.")
+    def retry(type_key: str, task_id: str) -> WerkzeugResponse:
+        task, view = _task_view(type_key, task_id)
         notice = "retry-unfinished"
         if view.get("status") in FINISHED:
             task.run(task_id=task_id)
@@ -196,7 +191,7 @@ def create_blueprint() -> Blueprint:
         return redirect(url_for(".task", type_key=type_key, task_id=task_id, notice=notice), 303)
 
     @bp.post("/bulk")
-    def bulk() -> Response:
+    def bulk() -> WerkzeugResponse:
         action = request.form.get("action")
         if action not in ("retry", "cancel"):
             abort(400, "action must be retry or cancel")
@@ -237,7 +232,7 @@ def create_blueprint() -> Blueprint:
         return render_template(f"{NAME}/login.html", error=error, next=target, notice=_notice()), 401 if error else 200
 
     @bp.post("/logout")
-    def logout() -> Response:
+    def logout() -> WerkzeugResponse:
         response = redirect(url_for(".login", notice="signed-out"), 303)
         auth.clear_session(response)
         return response
@@ -289,6 +284,16 @@ def _task(type_key: str) -> AsyncTask:
     return found[0]
 
 
+def _task_view(type_key: str, task_id: str) -> tuple[AsyncTask, dict[str, Any]]:
+    """The task type and the view of one of its tasks; 404 when there is no such task."""
+    task = _task(type_key)
+    check_task_id(task_id)
+    view = task.retrieve(task_id)
+    if view is None:
+        abort(404, f"There is no task {task_id} of type {type_key}.")
+    return task, view
+
+
 def _filter(values: Any, types: dict[str, Any]) -> tuple[str, str, str]:
     """(type, status, search) of a request; unknown types and statuses mean "all"."""
     type_key = values.get("type", "")
@@ -297,7 +302,7 @@ def _filter(values: Any, types: dict[str, Any]) -> tuple[str, str, str]:
     return (type_key if type_key in types else ""), (status if status in STATUSES else ""), search
 
 
-def _list(task: AsyncTask, status: str, search: str, limit: int, skip: int = 0) -> dict[str, Any]:
+def _list(task: AsyncTask, status: str | None, search: str, limit: int, skip: int = 0) -> dict[str, Any]:
     if search:
         return task.list(status or None, limit, skip, search=search)
     return task.list(status or None, limit, skip)
