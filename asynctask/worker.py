@@ -84,24 +84,46 @@ class Worker:
 
     def dispatch(self, attempt: Attempt, deadline: datetime, *, reserved: bool = False) -> None:
         """Run a claimed attempt in a slot; the slot is free again once the attempt's thread ends."""
+        self._enter(attempt, deadline, reserved=reserved)
+        self.task._executors.slots().submit(self._work, attempt)
+
+    def _enter(self, attempt: Attempt, deadline: datetime, *, reserved: bool) -> None:
         with self._cond:
             if reserved:
                 self._reserved -= 1
             self._in_flight[attempt] = deadline
             self._held.add(attempt)
             self._cond.notify_all()
-        future = self.task._executors.slots().submit(self.task._run_attempt, self, attempt)
-        future.add_done_callback(lambda _: self._ended(attempt))
 
-    def _ended(self, attempt: Attempt) -> None:
+    def _work(self, attempt: Attempt | None) -> None:
+        """A slot's thread: run the attempt; while the queue has more work, claim the next here
+        (keeping the slot, so no other claim counts on it) rather than hand it back to the loop."""
+        while attempt is not None:
+            _logged(self.task._run_attempt, self, attempt)
+            keep = self._ended(attempt)
+            attempt = None
+            if keep:
+                claimed = _logged(self.task._claim, self)
+                if claimed is None:
+                    self.unreserve()
+                    with self._cond:
+                        self._backlog = False
+                else:
+                    attempt = claimed[0]
+                    self._enter(attempt, claimed[1], reserved=True)
+
+    def _ended(self, attempt: Attempt) -> bool:
+        """The attempt's thread is done; True when the slot stays reserved for the next claim."""
         with self._cond:
             self._in_flight.pop(attempt, None)
             self._held.discard(attempt)
-            if self._backlog:
-                self._poll_now = True  # the queue had more work when the slots were full
+            keep = self._backlog and self.claiming and not self.stopping
+            if keep:
+                self._reserved += 1
             self._cond.notify_all()
         with self.finished:
             self.finished.notify_all()
+        return keep
 
     def let_go(self, attempt: Attempt) -> None:
         """Stop heartbeating `attempt`'s task (its outcome is recorded, or could not be)."""
