@@ -16,6 +16,7 @@ import threading
 from typing import Any
 
 from .memory import MemoryCollection
+from .process import PerProcess
 
 ENV_URI = "ASYNCTASK_MONGO_URI"
 ENV_DB = "ASYNCTASK_MONGO_DB"
@@ -36,20 +37,16 @@ class LazyMongoCollection:
 
     def __init__(self, uri: str, database: str = "asynctask", collection: str = "tasks") -> None:
         self.uri, self.database_name, self.name = uri, database, collection
-        self._lock = threading.Lock()
-        self._pid: int | None = None
-        self._collection: Any = None
+        self._collection: PerProcess[Any] = PerProcess(self._connect)
+
+    def _connect(self) -> Any:
+        from pymongo import MongoClient
+
+        client: MongoClient = MongoClient(self.uri, tz_aware=True, connect=False)
+        return client[self.database_name][self.name]
 
     def _get(self) -> Any:
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    from pymongo import MongoClient
-
-                    client: MongoClient = MongoClient(self.uri, tz_aware=True, connect=False)
-                    self._collection = client[self.database_name][self.name]
-                    self._pid = os.getpid()
-        return self._collection
+        return self._collection.get()
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):

@@ -20,6 +20,7 @@ from typing import Any
 
 from . import logs
 from .attempt import Attempt, running
+from .process import PerProcess
 from .validation import check_result, positive_int
 
 logger = logging.getLogger(__name__)
@@ -127,10 +128,7 @@ class Executors:
                 f"concurrent.futures.Executor, not {spec!r}"
             )
         self._spec = spec
-        self._lock = threading.Lock()
-        self._pid: int | None = None
-        self._slots: Executor | None = None
-        self._remote: Executor | None = None
+        self._pools: PerProcess[tuple[Executor, Executor | None]] = PerProcess(self._make)
 
     @property
     def capacity(self) -> int:
@@ -143,40 +141,30 @@ class Executors:
         cpus = os.cpu_count() or 1
         return cpus if self.kind == "processes" else min(32, cpus + 4)
 
-    def _start(self) -> None:
-        if self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._pid == os.getpid():
-                return
-            if self.kind == "threads" and isinstance(self._spec, Executor):
-                self._slots, self._remote = self._spec, None
-            else:
-                self._slots = ThreadPoolExecutor(self.capacity, thread_name_prefix="asynctask")
-                if self.kind == "processes":
-                    self._remote = KillablePool(self.capacity, self._progress)
-                elif self.kind == "dask":
-                    self._remote = DaskExecutor(self._spec[len("dask://"):])
-                else:
-                    self._remote = self._spec if self.kind == "executor" else None
-            self._pid = os.getpid()
+    def _make(self) -> tuple[Executor, Executor | None]:
+        """This process's slot pool and the executor `main` is sent to (None: the slot itself)."""
+        if self.kind == "threads" and isinstance(self._spec, Executor):
+            return self._spec, None
+        slots = ThreadPoolExecutor(self.capacity, thread_name_prefix="asynctask")
+        if self.kind == "processes":
+            return slots, KillablePool(self.capacity, self._progress)
+        if self.kind == "dask":
+            return slots, DaskExecutor(self._spec[len("dask://"):])
+        return slots, self._spec if self.kind == "executor" else None
 
     def slots(self) -> Executor:
         """The executor attempts run on, made on first use in this process."""
-        self._start()
-        assert self._slots is not None
-        return self._slots
+        return self._pools.get()[0]
 
-    def remote(self) -> Executor | None:
-        """The executor `main` is sent to, or None when it runs in the slot thread."""
-        self._start()
-        return self._remote
+    def main_executor(self) -> Executor | None:
+        """The executor `main` is sent to (a process pool, Dask, the user's), or None when it
+        runs in the slot thread itself."""
+        return self._pools.get()[1]
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop taking work; with `wait`, return once running attempts are done."""
-        with self._lock:
-            slots, remote, self._slots, self._remote, self._pid = self._slots, self._remote, None, None, None
-        for executor in (slots, remote):
+        pools = self._pools.take()
+        for executor in pools or ():
             if executor is not None:
                 try:
                     executor.shutdown(wait=wait, cancel_futures=not wait)

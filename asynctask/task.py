@@ -34,6 +34,7 @@ from . import expiry, logs, signals
 from .attempt import Attempt
 from .errors import AsyncTaskError, InvalidParams, ShuttingDown, TaskTimeout
 from .executors import Executors, call_main
+from .process import PerProcess
 from .registry import ConcurrencySlots, Workers
 from .retry import RetryPolicy
 from .status import FINISHED, Ending, TaskStatus
@@ -91,10 +92,8 @@ def shutdown_all(grace: float | None = None) -> int:
 
 
 def _after_fork_in_child() -> None:
-    """A forked child has none of its parent's threads: forget them; start deferred workers."""
-    for task in list(_instances):
-        task._worker = None
-        task._lock = threading.Lock()
+    """Start the workers a gunicorn master deferred, in each worker it forks (the parent's
+    threads are gone in the child: `PerProcess` values are made anew there)."""
     for task in list(_deferred):
         _deferred.discard(task)
         task.start()
@@ -256,8 +255,9 @@ class AsyncTask:
         self._limit = None if self.max_concurrency is None else ConcurrencySlots(
             collection, self.name, self.max_concurrency
         )
-        self._worker: Worker | None = None
-        self._lock = threading.Lock()
+        self._worker: PerProcess[Worker] = PerProcess(
+            lambda: Worker(self, self._executors.capacity, claiming=self.worker)
+        )
         self._closed = False
         self.logger_dir = Path(logger_dir)
         self.logger_dir.mkdir(parents=True, exist_ok=True)
@@ -352,8 +352,8 @@ class AsyncTask:
         status = self._store.request_cancel(check_task_id(task_id))
         if status == TaskStatus.CANCELLED.value:
             signals.task_finished.send(self, status=status)
-        elif self._worker is not None:
-            self._worker.stop_attempts(task_id, "cancelled")
+        elif (worker := self._worker.peek()) is not None:
+            worker.stop_attempts(task_id, "cancelled")
         return status
 
     def bulk(self, action: str, status: str | None = None,
@@ -374,9 +374,9 @@ class AsyncTask:
         counts = self._store.bulk(action, status=status, task_ids=task_ids)
         if action == "retry" and counts["changed"]:
             self._wake()
-        if self._worker is not None and action == "cancel":
+        if (worker := self._worker.peek()) is not None and action == "cancel":
             for task_id in task_ids or []:
-                self._worker.stop_attempts(task_id, "cancelled")
+                worker.stop_attempts(task_id, "cancelled")
         return counts
 
     def wait(self, task_id: str, timeout: float) -> dict[str, Any] | None:
@@ -456,8 +456,8 @@ class AsyncTask:
         still running when released (their `main` may still run in a thread: a process that
         exits should then not wait for it).
         """
-        with self._lock:
-            worker, self._worker, self._closed = self._worker, None, True
+        self._closed = True
+        worker = self._worker.take()
         _deferred.discard(self)
         left = 0
         if worker is not None:
@@ -547,7 +547,7 @@ class AsyncTask:
 
     def _execute(self, attempt: Attempt, task_log: logging.Logger) -> Outcome:
         """Run `main` in this thread, or on the executor it is sent to; conclude how it ended."""
-        remote = self._executors.remote()
+        remote = self._executors.main_executor()
         try:
             if remote is None:
                 result = self.main(logger=task_log, **attempt.params)
@@ -693,18 +693,12 @@ class AsyncTask:
 
     def _runtime(self) -> Worker:
         """This process's worker for this task type, made on first use."""
-        worker = self._worker
-        if worker is None:
-            with self._lock:
-                if self._worker is None:
-                    self._worker = Worker(self, self._executors.capacity, claiming=self.worker)
-                worker = self._worker
-        return worker
+        return self._worker.get()
 
     def _wake(self) -> None:
         """A task became due: let this process's worker claim without waiting for its poll."""
-        if self._worker is not None:
-            self._worker.wake()
+        if (worker := self._worker.peek()) is not None:
+            worker.wake()
 
     def _start_worker(self, concurrency: int | None) -> None:
         """Run as a dedicated worker with `concurrency` slots (the `asynctask worker` command)."""
@@ -716,7 +710,7 @@ class AsyncTask:
     def __getstate__(self) -> dict[str, Any]:
         """What a child process needs to run `main`: no collection, pool, thread or lock."""
         state = self.__dict__.copy()
-        for name in ("collection", "_store", "_executors", "_worker", "_lock", "_workers", "_limit", "_signature"):
+        for name in ("collection", "_store", "_executors", "_worker", "_workers", "_limit", "_signature"):
             state.pop(name, None)
         return state
 

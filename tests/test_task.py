@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+from pymongo.errors import AutoReconnect
 from tasks import Echo, Gate, Typed
 from waiting import wait_until
 
@@ -407,3 +409,44 @@ def test_future_passed_to_callback_holds_mains_exception(make_task, wait_for):
     wait_for(task, task.run(name="spy"))
     wait_until(lambda: futures)  # the hook is notified once the outcome is recorded
     assert isinstance(futures[0].exception(), RuntimeError)
+
+
+class Blipping:
+    """A collection whose outcome writes fail with `AutoReconnect` the first `failures` times."""
+
+    def __init__(self, target: MemoryCollection, failures: int) -> None:
+        self._target = target
+        self.failures = failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+    def update_one(self, query: dict, update: dict, **kwargs: Any) -> Any:
+        if update.get("$set", {}).get("status") in ("success", "failed") and "finished_at" in update["$set"]:
+            if self.failures > 0:
+                self.failures -= 1
+                raise AutoReconnect("connection reset during a failover")
+        return self._target.update_one(query, update, **kwargs)
+
+
+def test_an_outcome_write_that_meets_a_database_blip_is_retried(make_task, wait_for):
+    shared = MemoryCollection()
+    task = make_task(Echo, Blipping(shared, failures=2))
+    view = wait_for(task, task.run(value="kept"))
+    assert (view["status"], view["result"], view["attempts"]) == ("success", "kept", 1)
+
+
+def test_an_outcome_that_cannot_be_written_makes_an_orphan_that_runs_again(make_task, wait_for, monkeypatch):
+    import asynctask.task as lifecycle
+
+    monkeypatch.setattr(lifecycle, "RECORD_BACKOFF", (0.01,))
+    shared = MemoryCollection()
+    lost = make_task(Echo, Blipping(shared, failures=10**6), heartbeat_interval=0.05, stale_after=0.3,
+                     poll_interval=60)
+    task_id = lost.run(value="again")
+    # The process that could not record stops heartbeating the task; another worker re-runs it.
+    rescuer = make_task(Echo, shared, heartbeat_interval=0.05, stale_after=0.3, poll_interval=0.05)
+    rescuer.start()
+    view = wait_for(rescuer, task_id, timeout=15)
+    assert (view["status"], view["result"], view["attempts"]) == ("success", "again", 2)
+    assert rescuer.calls == 1
