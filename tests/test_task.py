@@ -444,7 +444,10 @@ def test_an_outcome_that_cannot_be_written_makes_an_orphan_that_runs_again(make_
     lost = make_task(Echo, Blipping(shared, failures=10**6), heartbeat_interval=0.05, stale_after=0.3,
                      poll_interval=60)
     task_id = lost.run(value="again")
-    # The process that could not record stops heartbeating the task; another worker re-runs it.
+    # The process that could not record stops heartbeating the task (and here goes away);
+    # another worker finds it silent and runs it again.
+    wait_until(lambda: lost.calls == 1 and not lost._worker.get().held())
+    lost.shutdown(wait=False)
     rescuer = make_task(Echo, shared, heartbeat_interval=0.05, stale_after=0.3, poll_interval=0.05)
     rescuer.start()
     view = wait_for(rescuer, task_id, timeout=15)
