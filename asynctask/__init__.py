@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from . import metrics  # noqa: F401 - connects the Prometheus receivers of the lifecycle signals
 from .attempt import cancelled, report_progress
 from .client import Client
-from .connection import default_collection
 from .errors import (
     AsyncTaskError,
+    AuthenticationFailed,
     ClientError,
     InvalidParams,
     InvalidTaskId,
@@ -15,12 +16,14 @@ from .errors import (
     ShuttingDown,
     TaskCancelled,
     TaskFailed,
+    TaskIdTaken,
     TaskNotFound,
     TaskTimeout,
     Unauthorized,
 )
-from .memory import MemoryCollection
 from .status import TaskStatus
+from .store.connection import default_collection
+from .store.memory import MemoryCollection
 from .task import AsyncTask
 
 __version__ = "0.2.0"
@@ -28,6 +31,7 @@ __version__ = "0.2.0"
 __all__ = [
     "AsyncTask",
     "AsyncTaskError",
+    "AuthenticationFailed",
     "Client",
     "ClientError",
     "InvalidParams",
@@ -39,6 +43,7 @@ __all__ = [
     "TaskCancelled",
     "TaskFailed",
     "TaskNotFound",
+    "TaskIdTaken",
     "TaskStatus",
     "TaskTimeout",
     "Unauthorized",

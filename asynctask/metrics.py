@@ -1,4 +1,4 @@
-"""Prometheus metrics of the task lifecycle and the HTTP API (CONTRACT section 8, `/metrics`).
+"""Prometheus metrics of the task lifecycle and the HTTP API (`/metrics`).
 
 Under several gunicorn workers set `PROMETHEUS_MULTIPROC_DIR` to an empty, writable folder
 before the server starts: each process then writes its values there, `render()` adds them

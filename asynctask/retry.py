@@ -1,4 +1,4 @@
-"""When a failed attempt is tried again, and after how long (CONTRACT section 8, Retries).
+"""When a failed attempt is tried again, and after how long.
 
 A retry is a document state, not a timer: the task goes back to `queued` with no owner and a
 `next_retry_at`, and whichever process sweeps first once that time has come claims it. No
@@ -21,7 +21,7 @@ class RetryPolicy:
     max_retries: int = 0
     delay: float = 1.0
     backoff: float = 2.0
-    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    retry_on: tuple[type[BaseException],...] = (Exception,)
 
     @classmethod
     def from_options(cls, max_retries: Any, delay: Any, backoff: Any, retry_on: Any) -> RetryPolicy:

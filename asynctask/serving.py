@@ -55,7 +55,7 @@ def log_to_gunicorn(error_log: logging.Logger) -> None:
 
 def post_worker_init(worker: Any) -> None:
     """gunicorn hook: the app is loaded in this worker; start its tasks' background threads."""
-    from . import connection
+    from .store import connection
 
     log_to_gunicorn(worker.log.error_log)
     connection.serving_workers(worker.cfg.workers)

@@ -35,10 +35,10 @@ from .attempt import Attempt
 from .errors import AsyncTaskError, InvalidParams, ShuttingDown, TaskTimeout
 from .executors import Executors, call_main
 from .process import PerProcess
-from .registry import ConcurrencySlots, Workers
 from .retry import RetryPolicy
 from .status import FINISHED, Ending, TaskStatus
-from .store import TaskStore, utcnow
+from .store.registry import ConcurrencySlots, Workers
+from .store.tasks import TaskStore, utcnow
 from .validation import (
     Signature,
     check_keys,
@@ -404,7 +404,7 @@ class AsyncTask:
 
     def stats(self, minutes: int = 60) -> dict[str, Any]:
         """Per-minute figures of the last `minutes` (at most 1440), from the task documents."""
-        from .stats import task_stats
+        from .store.stats import task_stats
 
         return task_stats(self.collection, self.name, minutes)
 

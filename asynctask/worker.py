@@ -26,8 +26,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .attempt import Attempt
-from .registry import worker_name
-from .store import utcnow
+from .store.registry import worker_name
+from .store.tasks import utcnow
 
 if TYPE_CHECKING:
     from .task import AsyncTask

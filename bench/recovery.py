@@ -1,4 +1,4 @@
-"""Recovery time after SIGKILL, against `stale_after` (CONTRACT section 7).
+"""Recovery time after SIGKILL, against `stale_after`.
 
 For each `stale_after` (heartbeat_interval = stale_after / 3), serve `tests/apps.py` under
 gunicorn with 2 workers and asynctask's hooks, then for each round: submit one task whose first

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import mongomock  # noqa: E402
 from pymongo import ASCENDING, DESCENDING, ReturnDocument  # noqa: E402
 
-from asynctask.memory import MemoryCollection, _Locked  # noqa: E402
+from asynctask.store.memory import MemoryCollection, _Locked  # noqa: E402
 
 SIZES = (500, 5_000, 50_000)
 BASELINE_SIZES = (500, 5_000)

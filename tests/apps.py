@@ -49,7 +49,7 @@ from typing import Any
 
 from asynctask import AsyncTask
 from asynctask.attempt import current
-from asynctask.connection import LazyMongoCollection
+from asynctask.store.connection import LazyMongoCollection
 
 DEFAULT_DB = "asynctask_durability"
 ROOT = Path(__file__).resolve().parents[1]

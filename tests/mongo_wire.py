@@ -177,9 +177,9 @@ def _indexed_client() -> Any:
     """asynctask's indexed mongomock client (queries read only the documents an index yields),
     or plain mongomock when asynctask cannot be imported."""
     try:
-        from asynctask.memory_index import IndexedMongoClient
+        from asynctask.store.memory_index import IndexedMongoClient
     except Exception:  # noqa: BLE001 - a broken checkout must not take the test server down
-        log.warning("asynctask.memory_index unavailable; serving plain mongomock", exc_info=True)
+        log.warning("asynctask.store.memory_index unavailable; serving plain mongomock", exc_info=True)
         return mongomock.MongoClient()
     return IndexedMongoClient()
 

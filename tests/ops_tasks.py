@@ -1,4 +1,4 @@
-"""Task classes for the operating tests (CONTRACT section 8): cancel, progress, retries, logs.
+"""Task classes for the operating tests: cancel, progress, retries, logs.
 
 Module level, so a spawned process pool can import them: multiprocessing's spawn start
 method gives the child the parent's `sys.path`, on which pytest's `pythonpath = [".", "tests"]`

@@ -1,4 +1,4 @@
-"""Cancelling tasks (CONTRACT section 8): `DELETE {endpoint}/{ID}` and `AsyncTask.cancel`.
+"""Cancelling tasks: `DELETE {endpoint}/{ID}` and `AsyncTask.cancel`.
 
 - queued -> `cancelled` at once (200), and `main` never starts;
 - running in a child process -> the child is ended at once;

@@ -29,7 +29,8 @@ from mongo_wire import running_server
 from pymongo import MongoClient
 from tasks import Echo
 
-from asynctask import MemoryCollection, connection, default_collection
+from asynctask import MemoryCollection, default_collection
+from asynctask.store import connection
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_NAMES = ("ASYNCTASK_MONGO_URI", "ASYNCTASK_MONGO_DB", "ASYNCTASK_MONGO_COLLECTION")
@@ -73,8 +74,8 @@ def _named_collection(env: pytest.MonkeyPatch, mongo_uri: str) -> tuple[str, str
 
 def _close(lazy: Any) -> None:
     """Close the client the lazy collection made in this process, if any."""
-    if lazy._collection is not None:
-        lazy._collection.database.client.close()
+    if lazy._collection.peek() is not None:
+        lazy._collection.peek().database.client.close()
 
 
 def _free_port() -> int:
@@ -140,7 +141,7 @@ def test_uri_gives_a_lazy_collection_that_starts_nothing(clean_env):
     threads_before = set(threading.enumerate())
     collection = default_collection()
     assert not isinstance(collection, MemoryCollection)
-    assert collection._collection is None
+    assert collection._collection.peek() is None
     assert set(threading.enumerate()) - threads_before == set()
 
 
@@ -151,7 +152,7 @@ def test_building_a_task_on_the_lazy_collection_makes_no_client(clean_env, tmp_p
     task = Echo(collection, tmp_path / "logs", max_worker=2)
     task.app("/api")
     try:
-        assert collection._collection is None, "a MongoClient was made before the first task ran"
+        assert collection._collection.peek() is None, "a MongoClient was made before the first task ran"
         assert set(threading.enumerate()) - threads_before == set()
     finally:
         task.shutdown()
@@ -167,7 +168,7 @@ def test_first_use_works_and_honours_db_and_collection_names(clean_env, mongo_ur
         assert found == {"task_id": "lazy", "at": stamp}
         assert found["at"].tzinfo is not None  # times come back timezone-aware
         assert direct[database][name].find_one({"task_id": "lazy"}, {"_id": 0, "task_id": 1}) == {"task_id": "lazy"}
-        assert collection._collection is not None
+        assert collection._collection.peek() is not None
     finally:
         _close(collection)
 
@@ -178,7 +179,7 @@ def test_the_lazy_collection_answers_like_a_pymongo_collection(clean_env, mongo_
         assert collection.name == name
         assert collection.full_name == f"{database}.{name}"
         assert collection.database.name == database  # a pymongo Database, as on a Collection
-        assert collection.database.client is collection._collection.database.client
+        assert collection.database.client is collection._collection.peek().database.client
     finally:
         _close(collection)
 
@@ -216,7 +217,7 @@ def test_a_lazy_collection_can_be_copied_like_a_pymongo_collection(clean_env, mo
     original = default_collection()
     duplicate = copy.copy(original)
     try:
-        assert duplicate._collection is None
+        assert duplicate._collection.peek() is None
         duplicate.insert_one({"task_id": "copied"})
         assert direct["asynctask"][name].count_documents({"task_id": "copied"}) == 1
     finally:
@@ -230,7 +231,7 @@ def test_a_forked_child_makes_its_own_client(clean_env, mongo_uri, direct):
     clean_env.setenv("ASYNCTASK_MONGO_COLLECTION", name)
     collection = default_collection()
     collection.insert_one({"who": "parent"})
-    parents = collection._collection  # kept alive, so a new object cannot reuse its id
+    parents = collection._collection.peek()  # kept alive, so a new object cannot reuse its id
     parent_client_id = id(parents.database.client)
 
     with warnings.catch_warnings():
@@ -240,7 +241,7 @@ def test_a_forked_child_makes_its_own_client(clean_env, mongo_uri, direct):
         code = 10
         try:
             collection.insert_one({"who": "child", "pid": os.getpid()})
-            childs = collection._collection
+            childs = collection._collection.peek()
             if childs is parents or id(childs.database.client) == parent_client_id:
                 code = 11
             elif collection.find_one({"who": "parent"}) is None:
@@ -268,7 +269,7 @@ def test_a_forked_child_makes_its_own_client(clean_env, mongo_uri, direct):
                                             12: "the child could not read the parent's document",
                                             10: "the child raised"}.get(os.WEXITSTATUS(status))
         assert direct["asynctask"][name].find_one({"who": "child"}, {"_id": 0})["pid"] == pid
-        assert collection._collection is parents  # the parent keeps its own client
+        assert collection._collection.peek() is parents  # the parent keeps its own client
         assert collection.count_documents({}) == 2
     finally:
         _close(collection)

@@ -23,7 +23,7 @@ from waiting import wait_for, wait_until
 from werkzeug.serving import make_server
 
 from asynctask import AsyncTask, report_progress
-from asynctask.dashboard import auth
+from asynctask.web.dashboard import auth
 
 pytestmark = pytest.mark.timeout(60)
 

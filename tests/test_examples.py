@@ -1,4 +1,4 @@
-"""The runnable examples of CONTRACT section 8 (examples/progress.py, retries.py, cancel.py).
+"""The runnable examples (examples/progress.py, retries.py, cancel.py).
 
 Each is imported the way gunicorn imports it (`examples.<name>:app`), with the in-memory
 store and its logs in a temporary folder, and its demo is run with short timings.

@@ -1,6 +1,6 @@
 """Where `main` runs: threads, a spawned process pool, an Executor instance, a Dask cluster.
 
-CONTRACT sections 1 and 7: `executor="threads"` (the default), `"processes"`,
+`executor="threads"` (the default), `"processes"`,
 `"dask://host:port"` or any `concurrent.futures.Executor`. With processes, `main` runs in a
 child, logs to the task's file, and a timeout ends that child.
 

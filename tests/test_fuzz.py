@@ -18,7 +18,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from tasks import Typed
 
 from asynctask import MemoryCollection
-from asynctask.openapi import openapi_spec
+from asynctask.web.openapi import openapi_spec
 
 CHECKS = [not_a_server_error, response_schema_conformance]
 

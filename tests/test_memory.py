@@ -253,7 +253,7 @@ from datetime import datetime, timedelta, timezone  # noqa: E402
 import mongomock  # noqa: E402
 from bson import ObjectId  # noqa: E402
 
-from asynctask import memory_index  # noqa: E402
+from asynctask.store import memory_index  # noqa: E402
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 STATUSES = ["queued", "running", "success", "failed", "cancelled", "pending"]

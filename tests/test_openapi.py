@@ -14,7 +14,7 @@ from openapi_spec_validator import validate
 from tasks import Echo, Typed
 
 from asynctask import AsyncTask, InvalidParams, TaskStatus
-from asynctask.openapi import TASK_ID_PATTERN, openapi_document, openapi_spec
+from asynctask.web.openapi import TASK_ID_PATTERN, openapi_document, openapi_spec
 
 NOT_JSON = object()
 

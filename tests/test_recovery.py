@@ -14,7 +14,7 @@ from tasks import Echo, Gate
 from waiting import wait_until
 
 from asynctask.errors import ShuttingDown
-from asynctask.store import TaskStore, utcnow
+from asynctask.store.tasks import TaskStore, utcnow
 
 FAST = {"heartbeat_interval": 0.05, "stale_after": 0.3}
 

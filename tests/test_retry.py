@@ -1,4 +1,4 @@
-"""Retries (CONTRACT section 8): `max_retries`, `retry_delay`, `retry_backoff`, `retry_on`.
+"""Retries: `max_retries`, `retry_delay`, `retry_backoff`, `retry_on`.
 
 A task whose `main` raises one of `retry_on` runs again after `retry_delay * retry_backoff**n`
 seconds, at most `max_retries` times. No worker is blocked while a retry waits (the task is

@@ -1,4 +1,4 @@
-"""Throughput, queue wait, run time and queue depth from task documents (asynctask.stats).
+"""Throughput, queue wait, run time and queue depth from task documents (asynctask.store.stats).
 
 Documents with known times go into an in-memory collection; the figures must match what an
 operator would count by hand. Every query must name the task type and a bounded range, so
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from asynctask import MemoryCollection
-from asynctask.stats import MAX_MINUTES, percentile, task_stats
+from asynctask.store.stats import MAX_MINUTES, percentile, task_stats
 
 NOW = datetime(2024, 5, 6, 12, 30, 25, tzinfo=timezone.utc)
 #: The start of the minute NOW falls in: the window's last minute.

@@ -12,7 +12,7 @@ import pytest
 
 from asynctask import TaskNotFound, TaskStatus
 from asynctask.errors import InvalidTransition, TaskIdTaken
-from asynctask.store import TaskStore, utcnow
+from asynctask.store.tasks import TaskStore, utcnow
 
 STALE = timedelta(seconds=30)
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from pymongo.errors import AutoReconnect
@@ -13,7 +13,7 @@ from tasks import Echo, Gate, Typed
 from waiting import wait_until
 
 from asynctask import AsyncTask, InvalidParams, InvalidTaskId, MemoryCollection, TaskNotFound
-from asynctask.store import utcnow
+from asynctask.store.tasks import utcnow
 
 
 class NoLogger(AsyncTask):

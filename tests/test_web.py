@@ -483,20 +483,20 @@ def _error_id_is_logged(body, caplog):
         assert leak not in text
     match = re.search(r"[0-9a-f]{8,}", body["error_msg"])
     assert match, body["error_msg"]
-    logged = [r for r in caplog.records if r.name == "asynctask.web" and match.group() in r.getMessage()]
+    logged = [r for r in caplog.records if r.name == "asynctask.web.routes" and match.group() in r.getMessage()]
     assert logged
     assert "secret /etc/passwd path" in caplog.text
 
 
 def test_retrieve_failure_is_500_with_error_id_only(serve, caplog):
-    caplog.set_level(logging.ERROR, logger="asynctask.web")
+    caplog.set_level(logging.ERROR, logger="asynctask.web.routes")
     _, client = serve(SecretRetrieve)
     body = envelope(client.get("/api/some-id"), 500)
     _error_id_is_logged(body, caplog)
 
 
 def test_get_task_id_key_error_is_500_with_error_id_only(serve, caplog):
-    caplog.set_level(logging.ERROR, logger="asynctask.web")
+    caplog.set_level(logging.ERROR, logger="asynctask.web.routes")
     task, client = serve(SecretTaskId)
     body = envelope(client.post("/api", json={"data": {"value": 1}}), 500)
     _error_id_is_logged(body, caplog)

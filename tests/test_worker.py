@@ -20,7 +20,7 @@ from apps import all_in, calls, tasks
 from waiting import wait_until
 
 from asynctask import AsyncTask, MemoryCollection
-from asynctask.store import utcnow
+from asynctask.store.tasks import utcnow
 
 DEADLINE = 30.0
 

@@ -12,11 +12,11 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .status import TaskStatus
-from .validation import MAX_PRIORITY, MIN_PRIORITY, Signature
+from ..status import TaskStatus
+from ..validation import MAX_PRIORITY, MIN_PRIORITY, Signature
 
 if TYPE_CHECKING:
-    from .task import AsyncTask
+    from ..task import AsyncTask
 
 OPENAPI_VERSION = "3.1.0"
 #: The task id as a JSON Schema pattern ('.' and '..' are refused too).
@@ -86,7 +86,7 @@ def openapi_spec(task: AsyncTask, endpoint: str = "/api", *, title: str | None =
 
 def openapi_document(services: Iterable[tuple[AsyncTask, str]], *, title: str | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 document of one app serving several (task, endpoint) pairs."""
-    from . import __version__
+    from .. import __version__
 
     services = [(task, _base(endpoint)) for task, endpoint in services]
     if not services:

@@ -15,8 +15,8 @@ import os
 import threading
 from typing import Any
 
+from ..process import PerProcess
 from .memory import MemoryCollection
-from .process import PerProcess
 
 ENV_URI = "ASYNCTASK_MONGO_URI"
 ENV_DB = "ASYNCTASK_MONGO_DB"

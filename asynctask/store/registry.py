@@ -19,9 +19,9 @@ from typing import Any
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from .jsonable import as_utc
-from .status import TaskStatus
-from .store import utcnow
+from ..jsonable import as_utc
+from ..status import TaskStatus
+from .tasks import utcnow
 
 logger = logging.getLogger(__name__)
 

@@ -18,15 +18,15 @@ from flask import Blueprint, Response, abort, current_app, redirect, render_temp
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from .. import logs
-from ..errors import AsyncTaskError, InvalidTransition
-from ..jsonable import as_utc, jsonable
-from ..status import FINISHED, TaskStatus
-from ..validation import check_task_id
+from ... import logs
+from ...errors import AsyncTaskError, InvalidTransition
+from ...jsonable import as_utc, jsonable
+from ...status import FINISHED, TaskStatus
+from ...validation import check_task_id
 from . import auth, charts
 
 if TYPE_CHECKING:
-    from ..task import AsyncTask
+    from ...task import AsyncTask
 
 logger = logging.getLogger(__name__)
 

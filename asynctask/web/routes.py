@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any, cast
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, Unauthorized
 
-from . import logs
-from .errors import AsyncTaskError, TaskNotFound
-from .jsonable import jsonable
-from .status import TaskStatus
-from .validation import check_task_id
+from .. import logs
+from ..errors import AsyncTaskError, TaskNotFound
+from ..jsonable import jsonable
+from ..status import TaskStatus
+from ..validation import check_task_id
 
 if TYPE_CHECKING:
-    from .task import AsyncTask
+    from ..task import AsyncTask
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def _json_body(required: bool) -> dict[str, Any] | None:
     or key that is not valid Unicode (a lone surrogate such as "\\ud800"), and anything but an
     object at the top.
     """
-    from .validation import unsafe_value
+    from ..validation import unsafe_value
 
     raw = _read_body()
     if not raw.strip():
@@ -383,7 +383,7 @@ def _register_service_routes(app: Flask) -> None:
     @app.get("/metrics")
     def metrics() -> Response:
         protected()
-        from . import metrics as prometheus
+        from .. import metrics as prometheus
 
         body, content_type = prometheus.render(task for task, _ in _tasks())
         return Response(body, content_type=content_type)
@@ -397,7 +397,7 @@ def _register_service_routes(app: Flask) -> None:
 
     @app.after_request
     def count(response: Response) -> Response:
-        from . import metrics as prometheus
+        from .. import metrics as prometheus
 
         route = request.url_rule.rule if request.url_rule else "<unmatched>"
         # A made-up method name (`FOO /api`) is not a new label each time.

@@ -34,9 +34,9 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from .errors import InvalidTransition, TaskIdTaken, TaskNotFound
-from .jsonable import as_utc, jsonable
-from .status import ACTIVE, ALLOWED_FROM, FINISHED, RERUNNABLE, TaskStatus
+from ..errors import InvalidTransition, TaskIdTaken, TaskNotFound
+from ..jsonable import as_utc, jsonable
+from ..status import ACTIVE, ALLOWED_FROM, FINISHED, RERUNNABLE, TaskStatus
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from flask import abort, current_app, g, request
 from werkzeug.wrappers import Response
 
 if TYPE_CHECKING:
-    from ..task import AsyncTask
+    from ...task import AsyncTask
 
 SESSION_COOKIE = "asynctask_dashboard_session"
 CSRF_COOKIE = "asynctask_dashboard_csrf"
