@@ -39,7 +39,7 @@ class Attempt:
     retries: int = 0
     stop_reason: str | None = None
     #: The final status this attempt wrote (success, failed, cancelled), if it wrote one.
-    outcome: str | None = None
+    final_status: str | None = None
     wake: threading.Event = field(default_factory=threading.Event, repr=False)
     #: Writes progress somewhere: the store, or a queue to the parent process.
     reporter: Callable[[float, str | None], object] | None = field(default=None, repr=False)

@@ -40,10 +40,9 @@ from .errors import (
     TaskCancelled,
     TaskFailed,
 )
-from .validation import check_task_id, queue_options
+from .validation import MAX_WAIT, check_task_id, queue_options
 
 #: The longest long-poll the service grants.
-MAX_WAIT = 60
 #: Shortest time between two polls, so a service that ignores `?wait=` is not flooded.
 MIN_POLL_INTERVAL = 0.2
 #: How long past a `wait` deadline a long-poll answer is still awaited.

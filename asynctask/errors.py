@@ -31,6 +31,12 @@ class InvalidParams(AsyncTaskError, TypeError, ValueError):
     http_status = 400
 
 
+class BadRequest(AsyncTaskError, ValueError):
+    """Raised when an HTTP request's body or query is not what the route takes."""
+
+    http_status = 400
+
+
 class InvalidTransition(AsyncTaskError, RuntimeError):
     """Raised when a task cannot move from its current status to the one asked for."""
 

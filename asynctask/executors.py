@@ -173,14 +173,14 @@ class Executors:
 
 
 @dataclass
-class Outcome:
+class MainReturn:
     """What `call_main` returns: `main`'s result and the last progress it reported."""
 
     result: Any
     progress: dict[str, Any] | None = None
 
 
-def call_main(task: Any, attempt: Attempt) -> Outcome:
+def call_main(task: Any, attempt: Attempt) -> MainReturn:
     """Run `task.main` where an executor put it, logging to the task's file.
 
     In a pool's child, progress goes back to the parent, which writes it. The result is
@@ -203,4 +203,4 @@ def call_main(task: Any, attempt: Attempt) -> Outcome:
             with contextlib.suppress(Exception):
                 exc.asynctask_progress = attempt.latest_progress  # type: ignore[attr-defined]
             raise
-        return Outcome(result, attempt.latest_progress)
+        return MainReturn(result, attempt.latest_progress)

@@ -114,8 +114,8 @@ def _on_started(sender: Any, **_: Any) -> None:
 
 
 def _on_ended(sender: Any, *, attempt: Any, seconds: float, **_: Any) -> None:
-    if attempt.outcome is not None:
-        finished(sender.name, attempt.outcome, seconds)
+    if attempt.final_status is not None:
+        finished(sender.name, attempt.final_status, seconds)
     else:
         stopped(sender.name)
 

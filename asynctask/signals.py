@@ -14,8 +14,8 @@ _signals = Namespace()
 task_submitted = _signals.signal("task-submitted")
 #: An attempt started in this process. Keyword: `attempt`.
 attempt_started = _signals.signal("attempt-started")
-#: An attempt that started in this process ended. Keywords: `attempt` (its `outcome` is the
-#: final status it wrote, or None), `ending` (an `Ending`), `seconds` it ran.
+#: An attempt that started in this process ended. Keywords: `attempt` (its `final_status` is
+#: the status it wrote, or None), `ending` (an `Ending`), `seconds` it ran.
 attempt_ended = _signals.signal("attempt-ended")
 #: A task reached a final status without an attempt of this process (a cancel before it
 #: started, a task failed after its workers were lost). Keywords: `status`, `count`.

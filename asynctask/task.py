@@ -616,7 +616,7 @@ class AsyncTask:
                 self._limit.release(attempt.task_id, attempt.number)
         status = outcome.ending.status.value
         if written and status in FINISHED:
-            attempt.outcome = status
+            attempt.final_status = status
         if not written:
             task_log.warning("result discarded: this attempt is no longer the task's current one")
         elif outcome.ending is Ending.RETRY:
@@ -666,7 +666,7 @@ class AsyncTask:
     def _time_out(self, attempt: Attempt) -> None:
         """Fail an attempt past its deadline (from the worker's loop); its late result is fenced out."""
         if self._store.finish(attempt.task_id, TaskStatus.FAILED, attempt=attempt.number, error=self._timeout_error()):
-            attempt.outcome = TaskStatus.FAILED.value
+            attempt.final_status = TaskStatus.FAILED.value
             self.get_logger(attempt.task_id).error("task timed out after %s", self.task_timeout)
         attempt.stop("timeout")
 

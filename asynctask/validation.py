@@ -20,7 +20,11 @@ from pydantic.json_schema import GenerateJsonSchema, PydanticJsonSchemaWarning
 from .errors import InvalidParams, InvalidTaskId, ResultNotStorable
 from .jsonable import jsonable
 
-_TASK_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+#: A valid task id (and request id): 1-128 characters of A-Z a-z 0-9 _ . : - (and not "." or "..").
+TASK_ID_CHARS = r"[A-Za-z0-9_.:\-]{1,128}"
+_TASK_ID = re.compile(TASK_ID_CHARS)
+#: The longest long-poll (`?wait=`) the service holds a request for, in seconds.
+MAX_WAIT = 60
 #: A MongoDB document may hold at most 16 MiB.
 MAX_BSON_SIZE = 16 * 1024 * 1024
 #: `run()` takes this keyword for itself, so `main` cannot.

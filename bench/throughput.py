@@ -18,7 +18,9 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -68,15 +70,15 @@ def fill(collection: Any, stored: int) -> None:
     indexes(collection)  # after the documents: plain mongomock checks a unique index by scanning
 
 
-def insert(collection: Any, task_id: str) -> Any:
-    """(a) the run rule's upsert of a new task."""
+def insert(collection: Any, task_id: str, status: str = "queued") -> Any:
+    """(a) the run rule's upsert of a new task (`running` when the submitter claims it at once)."""
     now = datetime.now(timezone.utc)
     query = {"task_id": task_id, "type": TYPE, "$or": [
         {"status": {"$in": CLAIMABLE}}, {"status": {"$exists": False}},
         {"status": "running", "heartbeat_at": {"$lt": now - timedelta(minutes=5)}},
     ]}
     update = {
-        "$set": {"status": "queued", "params": {"id": task_id}, "priority": 0, "run_at": now,
+        "$set": {"status": status, "params": {"id": task_id}, "priority": 0, "run_at": now,
                  "queued_at": now, "update_time": now, "lost": 0},
         "$inc": {"attempts": 1},
         "$setOnInsert": {"created_at": now},
@@ -151,8 +153,14 @@ def store_figures(name: str, make: Callable[[], Any], sizes: tuple[int, ...], ta
           + f"  ({sizes[-1]:,} / {sizes[0]:,} stored; aim <= 1.5x)")
 
 
-def library_figures(sizes: tuple[int, ...], tasks: int, threads: int) -> None:
-    """No-op tasks through `AsyncTask.run()` to success on a collection holding `size` finished tasks."""
+def library_figures(sizes: tuple[int, ...], tasks: int, threads: int, rounds: int = 3) -> None:
+    """No-op tasks to success, side by side on one store holding `size` finished tasks:
+    AsyncTask's `run()`, a bare `ThreadPoolExecutor` making the same two store writes per task
+    (the floor), and the original tool's work per task (a `find_one`, an upsert, an update by
+    task_id and a rotating log file). Medians of interleaved rounds, ms per task."""
+    from concurrent.futures import ThreadPoolExecutor
+    from logging.handlers import RotatingFileHandler
+
     try:
         from asynctask import AsyncTask
     except Exception as exc:  # noqa: BLE001 - the library may be mid-change
@@ -162,37 +170,68 @@ def library_figures(sizes: tuple[int, ...], tasks: int, threads: int) -> None:
     class NoOp(AsyncTask):  # type: ignore[misc, valid-type]
         """A task that does nothing."""
 
-        def get_task_id(self, i: int) -> str:
-            return f"noop{i}"
+        def get_task_id(self, i: str) -> str:
+            return i
 
-        def main(self, logger: Any, i: int) -> None:
+        def main(self, logger: Any, i: str) -> None:
             return None
 
-    print(f"AsyncTask end to end ({tasks} no-op tasks per size, {threads} threads; ms per task, run() to success)")
+    def asynctask_round(collection: Any, log_dir: str, ids: list[str]) -> None:
+        task = NoOp(collection, log_dir, max_worker=threads)
+        for task_id in ids:
+            task.run(i=task_id)
+        wait_done(collection, ids)
+        task.shutdown()
+
+    def bare_round(collection: Any, log_dir: str, ids: list[str]) -> None:
+        def one(task_id: str) -> None:
+            finish(collection, insert(collection, task_id, status="running"))
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(one, ids))
+
+    def original_round(collection: Any, log_dir: str, ids: list[str]) -> None:
+        def work(task_id: str) -> None:
+            handler = RotatingFileHandler(os.path.join(log_dir, f"orig-{task_id}.log"), maxBytes=10 << 20,
+                                          backupCount=10)
+            handler.emit(logging.LogRecord(task_id, logging.INFO, __file__, 0, "done", None, None))
+            handler.close()  # the original never closes it (one descriptor leaked per task)
+            collection.update_one({"task_id": task_id}, {"$set": {"status": "success", "result": None}})
+
+        with ThreadPoolExecutor(threads) as pool:
+            for task_id in ids:  # the original's run(): look, then upsert, then hand to the pool
+                collection.find_one({"task_id": task_id})
+                collection.update_one({"task_id": task_id}, {"$set": {"status": "queued", "params": {}}}, upsert=True)
+                pool.submit(work, task_id)
+        wait_done(collection, ids)
+
+    kinds = {"asynctask": asynctask_round, "bare pool": bare_round, "original": original_round}
+    print(f"Side by side ({tasks} no-op tasks, {threads} threads, median of {rounds} interleaved rounds;"
+          " ms per task, submit to success)")
+    print(f"  {'stored':>8}  " + "  ".join(f"{k:>10}" for k in kinds) + "   vs bare   vs original")
     with tempfile.TemporaryDirectory(prefix="asynctask-bench-") as log_dir:
         for size in sizes:
             collection = MemoryCollection()
             fill(collection, size)
-            task = None
-            try:
-                task = NoOp(collection, log_dir, max_worker=threads)
-                start = time.perf_counter()
-                for i in range(tasks):
-                    task.run(i=i)
-                deadline = time.monotonic() + 120
-                ids = [f"noop{i}" for i in range(tasks)]
-                while collection.count_documents({"task_id": {"$in": ids}, "status": "success"}) < tasks:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("tasks did not all succeed within 120 s")
-                    time.sleep(0.005)  # polling the store for completion, not for correctness
-                elapsed = time.perf_counter() - start
-                print(f"  {size:>8,} stored  {elapsed / tasks * 1e3:8.3f} ms/task")
-            except Exception as exc:  # noqa: BLE001 - the library may be mid-change
-                print(f"  {size:>8,} stored  skipped ({type(exc).__name__}: {exc})")
-                return
-            finally:
-                if task is not None:
-                    task.shutdown()
+            times: dict[str, list[float]] = {k: [] for k in kinds}
+            for round_no in range(rounds):
+                for kind, run in kinds.items():
+                    ids = [f"{kind[:4]}-{size}-{round_no}-{i}" for i in range(tasks)]
+                    start = time.perf_counter()
+                    run(collection, log_dir, ids)
+                    times[kind].append((time.perf_counter() - start) / tasks * 1e3)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            print(f"  {size:>8,}  " + "  ".join(f"{med[k]:10.3f}" for k in kinds)
+                  + f"   {med['asynctask'] / med['bare pool']:6.2f}x  {med['asynctask'] / med['original']:8.2f}x")
+
+
+def wait_done(collection: Any, ids: list[str]) -> None:
+    """Wait until every task of `ids` succeeded (polling the store; a benchmark, not a test)."""
+    deadline = time.monotonic() + 120
+    while collection.count_documents({"task_id": {"$in": ids}, "status": "success"}) < len(ids):
+        if time.monotonic() > deadline:
+            raise TimeoutError("tasks did not all succeed within 120 s")
+        time.sleep(0.002)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

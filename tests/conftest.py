@@ -52,20 +52,32 @@ def name(db: Any) -> Iterator[str]:
         db.drop_collection(f"{collection}{suffix}")
 
 
-@pytest.fixture
-def serve(mongo_uri: str, name: str, tmp_path: Path) -> Iterator[Callable[..., apps.Server]]:
-    """Start `apps.Server`s on this test's collection, ready to serve; all killed at teardown."""
-    started: list[apps.Server] = []
+def _processes(kind: Callable[..., Any], mongo_uri: str, name: str, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start `kind` processes (`apps.Server`, `apps.WorkerProcess`) on this test's collection,
+    each ready when returned; every one is killed at teardown."""
+    started: list[Any] = []
 
-    def start(**options: Any) -> apps.Server:
-        server = apps.Server(mongo_uri, name, tmp_path / "logs", **options)
-        started.append(server)
-        server.wait_ready()
-        return server
+    def start(**options: Any) -> Any:
+        process = kind(mongo_uri, name, tmp_path / "logs", **options)
+        started.append(process)
+        process.wait_ready()
+        return process
 
     yield start
-    for server in started:
-        server.stop()
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def serve(mongo_uri: str, name: str, tmp_path: Path) -> Iterator[Callable[..., apps.Server]]:
+    """Start gunicorn servers of `apps` (`apps.Server`), ready to serve; all killed at teardown."""
+    yield from _processes(apps.Server, mongo_uri, name, tmp_path)
+
+
+@pytest.fixture
+def workers(mongo_uri: str, name: str, tmp_path: Path) -> Iterator[Callable[..., apps.WorkerProcess]]:
+    """Start `asynctask worker apps:api` processes, ready to take work; all killed at teardown."""
+    yield from _processes(apps.WorkerProcess, mongo_uri, name, tmp_path)
 
 
 @pytest.fixture
@@ -81,22 +93,6 @@ def local_task(mongo_uri: str, name: str, tmp_path: Path) -> Iterator[Callable[.
     yield build
     for task in made:
         task.shutdown(wait=True)
-
-
-@pytest.fixture
-def workers(mongo_uri: str, name: str, tmp_path: Path) -> Iterator[Callable[..., apps.WorkerProcess]]:
-    """Start `asynctask worker` processes on this test's collection, ready; all killed at teardown."""
-    started: list[apps.WorkerProcess] = []
-
-    def start(**options: Any) -> apps.WorkerProcess:
-        worker = apps.WorkerProcess(mongo_uri, name, tmp_path / "logs", **options)
-        started.append(worker)
-        worker.wait_ready()
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 @pytest.fixture(params=["memory", "mongo"])

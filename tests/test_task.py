@@ -453,3 +453,28 @@ def test_an_outcome_that_cannot_be_written_makes_an_orphan_that_runs_again(make_
     view = wait_for(rescuer, task_id, timeout=15)
     assert (view["status"], view["result"], view["attempts"]) == ("success", "again", 2)
     assert rescuer.calls == 1
+
+
+def test_options_may_be_class_attributes_and_constructor_arguments_win(tmp_path):
+    class Resize(AsyncTask):
+        name = "resize-images"
+        task_timeout = 60
+        max_retries = 2
+        poll_interval = 0.5
+
+        def main(self, logger: Any, path: str) -> str:
+            return path
+
+    declared = Resize(MemoryCollection(), tmp_path)
+    given = Resize(MemoryCollection(), tmp_path, task_timeout=5)
+    try:
+        assert declared.task_timeout == timedelta(seconds=60) and given.task_timeout == timedelta(seconds=5)
+        assert declared.retry_policy.max_retries == 2 and declared.poll_interval == timedelta(seconds=0.5)
+        assert declared.name == "resize-images" and Echo.name == "Echo"
+        declared.submit({"path": "a.png"})
+        assert declared.collection.find_one({})["type"] == "resize-images"
+    finally:
+        declared.shutdown()
+        given.shutdown()
+    with pytest.raises(ValueError):
+        type("Broken", (Resize,), {"task_timeout": -1})(MemoryCollection(), tmp_path)

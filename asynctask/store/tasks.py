@@ -160,15 +160,13 @@ class TaskStore:
         number, which fences out every earlier attempt.
         """
         now = now or utcnow()
+        query, update = self._move(
+            TaskStatus.RUNNING, None, {**claim_for, "started_at": now}, ("progress", "result", "next_retry_at"),
+            {"attempts": 1}, now,
+        )
         return self.collection.find_one_and_update(
-            {"type": self.type, "status": TaskStatus.QUEUED.value, "run_at": {"$lte": now}},
-            {
-                "$set": {**claim_for, "status": TaskStatus.RUNNING.value, "started_at": now, "update_time": now},
-                "$inc": {"attempts": 1},
-                "$unset": {"progress": "", "result": "", "next_retry_at": ""},
-            },
-            sort=[("priority", DESCENDING), ("run_at", ASCENDING)],
-            return_document=ReturnDocument.AFTER,
+            {**query, "run_at": {"$lte": now}}, update,
+            sort=[("priority", DESCENDING), ("run_at", ASCENDING)], return_document=ReturnDocument.AFTER,
         )
 
     @staticmethod
@@ -240,7 +238,7 @@ class TaskStore:
             update["$unset"] = {name: "" for name in unset}
         if inc:
             update["$inc"] = dict(inc)
-        return {"type": self.type, "status": {"$in": sources}}, update
+        return {"type": self.type, "status": sources[0] if len(sources) == 1 else {"$in": sources}}, update
 
     def finish(
         self,

@@ -13,14 +13,14 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..status import TaskStatus
-from ..validation import MAX_PRIORITY, MIN_PRIORITY, Signature
+from ..validation import MAX_PRIORITY, MIN_PRIORITY, TASK_ID_CHARS, Signature
 
 if TYPE_CHECKING:
     from ..task import AsyncTask
 
 OPENAPI_VERSION = "3.1.0"
 #: The task id as a JSON Schema pattern ('.' and '..' are refused too).
-TASK_ID_PATTERN = "^[A-Za-z0-9_.:-]{1,128}$"
+TASK_ID_PATTERN = f"^{TASK_ID_CHARS}$"
 STATUSES = [status.value for status in TaskStatus]
 #: Longest window of `GET {endpoint}/stats`, in minutes.
 MAX_STATS_MINUTES = 1440

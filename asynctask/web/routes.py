@@ -18,10 +18,10 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, 
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, Unauthorized
 
 from .. import logs
-from ..errors import AsyncTaskError, TaskNotFound
+from ..errors import AsyncTaskError, BadRequest, TaskNotFound
 from ..jsonable import jsonable
 from ..status import TaskStatus
-from ..validation import check_task_id
+from ..validation import MAX_WAIT, TASK_ID_CHARS, check_task_id
 
 if TYPE_CHECKING:
     from ..task import AsyncTask
@@ -29,19 +29,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 EXTENSION = "asynctask"
-MAX_WAIT = 60.0
 MAX_LIMIT = 1000
 #: The largest `skip` MongoDB takes (a 64-bit int); the list refuses more with a 400.
 MAX_SKIP = 2**31 - 1
 MAX_SEARCH = 200
 MAX_STATS_MINUTES = 1440
-_REQUEST_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+_REQUEST_ID = re.compile(TASK_ID_CHARS)
 
-
-class BadRequest(AsyncTaskError, ValueError):
-    """Raised when a request body or query is not what the route takes."""
-
-    http_status = 400
 
 
 def envelope(data: Any = None, status: int = 200, *, error_msg: str = "", error_data: list | None = None) -> Response:
