@@ -473,6 +473,7 @@ class AsyncTask:
     ) -> dict[str, Any]:
         """Validate, then submit by the run rule; returns the task's document as it was left."""
         priority, due = queue_options(priority, delay, run_at)
+        rerun = task_id is not None
         if task_id is not None:
             check_task_id(task_id)
             if params:
@@ -493,6 +494,7 @@ class AsyncTask:
             doc, submitted = self._store.submit(
                 task_id, params, priority=priority, run_at=due, stale_after=self.stale_after,
                 rerun_after=self.rerun_time_limit, trace_id=trace_id or uuid.uuid4().hex, claim_for=claim_for,
+                stored=rerun,
             )
         except BaseException:
             if reserved:

@@ -106,15 +106,18 @@ class TaskStore:
         rerun_after: timedelta | None = None,
         trace_id: str | None = None,
         claim_for: Mapping[str, Any] | None = None,
+        stored: bool = False,
         now: datetime | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """Submit the task if the run rule allows it, in one atomic upsert.
+        """Submit the task if the run rule allows it, in one atomic operation.
 
         The task is stored `queued`, owned by nobody, due at `run_at` (default now). With
         `claim_for` (the fields `claim_fields()` gives) it is stored `running` for that worker
         at once instead, which saves the claim's round trip when the submitting process has a
-        free slot. Returns the task's document and whether this call submitted it; when the
-        task exists and may not run again, its document is returned unsubmitted.
+        free slot. A task id not `stored` yet is first inserted (the unique index refuses a
+        second one); an existing document gets the run rule's upsert. Returns the task's
+        document and whether this call submitted it; when the task exists and may not run
+        again, its document is returned unsubmitted.
         """
         self.ensure_indexes()
         now = now or utcnow()
@@ -135,6 +138,13 @@ class TaskStore:
             fields["status"] = TaskStatus.QUEUED.value
             update["$setOnInsert"]["attempts"] = 0
         update["$unset"] = {name: "" for name in sorted(unset)}
+        if not stored:
+            new = {**fields, "task_id": task_id, "created_at": now, "attempts": update.get("$inc", {}).get("attempts", 0)}
+            try:
+                self.collection.insert_one(new)
+                return new, True
+            except DuplicateKeyError:
+                pass  # it exists: the run rule decides
         for _ in range(_SUBMIT_TRIES):
             try:
                 doc = self.collection.find_one_and_update(
