@@ -21,7 +21,7 @@ from .errors import InvalidParams, InvalidTaskId, ResultNotStorable
 from .jsonable import jsonable
 
 #: A valid task id (and request id): 1-128 characters of A-Z a-z 0-9 _ . : - (and not "." or "..").
-TASK_ID_CHARS = r"[A-Za-z0-9_.:\-]{1,128}"
+TASK_ID_CHARS = r"[A-Za-z0-9_.:-]{1,128}"
 _TASK_ID = re.compile(TASK_ID_CHARS)
 #: The longest long-poll (`?wait=`) the service holds a request for, in seconds.
 MAX_WAIT = 60
