@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -17,6 +18,7 @@ from typing import Any
 import apps
 import pytest
 from apps import all_in, calls, tasks
+from flask import Flask
 from waiting import wait_until
 
 from asynctask import AsyncTask, MemoryCollection
@@ -178,11 +180,25 @@ def test_workers_and_queue_depth_are_reported(make_task):
     client = task.app("/api").test_client()
     live = client.get("/workers").get_json()["data"]["workers"]
     assert len(live) == 1 and live[0]["pid"] == os.getpid() and live[0]["types"] == ["Tracked"]
-    assert live[0]["slots"] == 3
+    assert live[0]["slots"] == 3 and live[0]["running"] == 3, "running is counted now, not at the last heartbeat"
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'asynctask_queue_depth{task="Tracked"} 2.0' in metrics
     assert 'asynctask_queue_oldest_due_seconds{task="Tracked"}' in metrics
     task.hold.set()
+
+
+def test_a_process_serving_two_types_is_one_worker_with_both(make_task):
+    shared = MemoryCollection()
+    shout, add = make_task(Shout, shared, max_worker=2), make_task(Add, shared, max_worker=3)
+    shout.start()
+    add.start()
+    app = Flask("two-types")
+    shout.init_app(app, "/shout")
+    add.init_app(app, "/add")
+    wait_until(lambda: app.test_client().get("/workers").get_json()["data"]["workers"])
+    [worker] = app.test_client().get("/workers").get_json()["data"]["workers"]
+    assert sorted(worker["types"]) == ["Shout", "adder"] and worker["slots"] == 5
+    assert worker["worker"] == f"{socket.gethostname()}:{os.getpid()}"
 
 
 def test_max_concurrency_holds_across_instances_and_frees_slots(make_task, wait_for):

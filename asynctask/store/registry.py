@@ -67,20 +67,42 @@ class Workers:
         self.collection.delete_one({"_id": f"{owner}/{task_type}"})
 
     def live(self, types: Iterable[str], stale_after: timedelta, now: datetime | None = None) -> list[dict[str, Any]]:
-        """Live workers serving any of `types`, one entry per process with its types added up."""
+        """Live workers serving any of `types`, one entry per process (`host:pid`) with its types
+        added up. `running` is counted from the task documents now (the `claim` index's
+        (type, status) prefix serves it), not taken from the last heartbeat."""
+        types = list(types)
         since = (now or utcnow()) - stale_after
         merged: dict[str, dict[str, Any]] = {}
-        for doc in self.collection.find({"type": {"$in": list(types)}, "heartbeat_at": {"$gte": since}}):
-            entry = merged.setdefault(doc["owner"], {
+        for doc in self.collection.find({"type": {"$in": types}, "heartbeat_at": {"$gte": since}}):
+            entry = merged.setdefault(doc["worker"], {
                 "worker": doc["worker"], "host": doc["host"], "pid": doc["pid"], "types": [],
                 "slots": 0, "running": 0, "started_at": as_utc(doc["started_at"]),
                 "heartbeat_at": as_utc(doc["heartbeat_at"]),
             })
             entry["types"].append(doc["type"])
             entry["slots"] += doc["slots"]
-            entry["running"] += doc["running"]
             entry["heartbeat_at"] = max(entry["heartbeat_at"], as_utc(doc["heartbeat_at"]))
+        if merged:
+            rows = self._tasks.aggregate([
+                {"$match": {"type": {"$in": types}, "status": TaskStatus.RUNNING.value}},
+                {"$group": {"_id": "$worker", "n": {"$sum": 1}}},
+            ])
+            for row in rows:
+                if row["_id"] in merged:
+                    merged[row["_id"]]["running"] = row["n"]
         return sorted(merged.values(), key=lambda w: (w["host"], w["pid"]))
+
+
+def live_workers(tasks: Iterable[Any]) -> list[dict[str, Any]]:
+    """The live workers of every task type in `tasks` (`AsyncTask`s, maybe on several
+    collections), one entry per process with the types it serves added up."""
+    tasks = list(tasks)
+    types = sorted({task.name for task in tasks})
+    found: dict[str, dict[str, Any]] = {}
+    for task in {id(task.collection): task for task in tasks}.values():
+        for entry in task._workers.live(types, task.stale_after):
+            found.setdefault(entry["worker"], entry)
+    return sorted(found.values(), key=lambda w: (w["host"], w["pid"]))
 
 
 class ConcurrencySlots:

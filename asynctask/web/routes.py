@@ -21,6 +21,7 @@ from .. import logs
 from ..errors import AsyncTaskError, BadRequest, TaskNotFound
 from ..jsonable import jsonable
 from ..status import TaskStatus
+from ..store.registry import live_workers
 from ..validation import MAX_WAIT, TASK_ID_CHARS, check_task_id
 
 if TYPE_CHECKING:
@@ -365,14 +366,7 @@ def _register_service_routes(app: Flask) -> None:
     @app.get("/workers")
     def workers() -> Response:
         protected()
-        tasks = [task for task, _ in _tasks()]
-        types = sorted({task.name for task in tasks})
-        seen: dict[int, Any] = {id(task.collection): task for task in tasks}
-        found: dict[str, dict[str, Any]] = {}
-        for task in seen.values():
-            for entry in task._workers.live(types, task.stale_after):
-                found.setdefault(entry["worker"], entry)
-        return envelope({"workers": sorted(found.values(), key=lambda w: (w["host"], w["pid"]))})
+        return envelope({"workers": live_workers(task for task, _ in _tasks())})
 
     @app.get("/metrics")
     def metrics() -> Response:

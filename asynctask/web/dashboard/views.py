@@ -22,6 +22,7 @@ from ... import logs
 from ...errors import AsyncTaskError, InvalidTransition
 from ...jsonable import as_utc, jsonable
 from ...status import FINISHED, TaskStatus
+from ...store.registry import live_workers
 from ...validation import check_task_id
 from . import auth, charts
 
@@ -89,7 +90,6 @@ def create_blueprint() -> Blueprint:
     @bp.get("")
     def overview() -> str:
         cards: list[dict[str, Any]] = []
-        workers: dict[str, dict[str, Any]] = {}
         running: list[dict[str, Any]] = []
         for key, (task, endpoint) in _types().items():
             counts = task.list(limit=1)["counts"]
@@ -99,19 +99,11 @@ def create_blueprint() -> Blueprint:
                 "total": sum(counts.values()), "stats": stats,
                 "throughput": charts.throughput(stats["series"]), "queue_wait": charts.queue_wait(stats["series"]),
             })
-            for worker in task.workers():  # one process may serve several types: add them up
-                seen = workers.get(worker["worker"])
-                if seen is None:
-                    workers[worker["worker"]] = {**worker, "types": list(worker.get("types") or [])}
-                elif not set(worker.get("types") or []) <= set(seen["types"]):
-                    seen["types"] += [t for t in worker.get("types") or [] if t not in seen["types"]]
-                    seen["slots"] = (seen.get("slots") or 0) + (worker.get("slots") or 0)
-                    seen["running"] = (seen.get("running") or 0) + (worker.get("running") or 0)
             running += [{**view, "type": key} for view in task.list(TaskStatus.RUNNING.value, 20)["tasks"]]
         running.sort(key=lambda view: _time(view.get("started_at")))
         return render_template(
             f"{NAME}/overview.html", cards=cards, running=running,
-            workers=sorted(workers.values(), key=lambda w: (w.get("host") or "", w.get("pid") or 0)),
+            workers=live_workers(task for task, _ in _types().values()),
             minutes=STATS_MINUTES,
         )
 
