@@ -23,7 +23,8 @@ import os
 import sys
 from typing import Any
 
-from .task import AsyncTask, shutdown_all, start_all
+from .instances import shutdown_all, start_all
+from .task import AsyncTask
 
 #: gunicorn's own wait for workers is longer than asynctask's grace, so release always runs.
 graceful_timeout = 30

@@ -1,42 +1,31 @@
-"""`AsyncTask`: the base class users subclass, and the task lifecycle in one place.
+"""`AsyncTask`: the base class users subclass, its options, and the way into the queue.
 
-submit: validate -> one atomic upsert by the run rule: `queued`, or `running` at once when this
-        process has a free slot -> wake the workers
-worker: claim the next due task (one atomic `find_one_and_update`) -> `_run_attempt`
-attempt (`_run_attempt`): outcome = execute(main) -> record(outcome) -> notify(callback hook)
+submit (`_submit`): validate -> one atomic write by the run rule: `queued`, or `running` at
+        once when this process has a free slot -> wake the workers
+worker (`worker.Worker`): claim the next due task (`_claim`, one atomic `find_one_and_update`)
+        -> `lifecycle.run_attempt`: outcome = execute -> record(outcome) -> notify(callback hook)
+recovery (`_sweep`, from each worker's loop): orphans back to the queue, stuck slots freed
 """
-
 from __future__ import annotations
 
 import builtins
-import contextlib
-import functools
 import logging
-import multiprocessing
 import os
-import sys
-import threading
 import time
-import traceback
 import uuid
-import weakref
-from collections.abc import Iterator
-from concurrent.futures import CancelledError, Executor, Future
-from dataclasses import dataclass
+from concurrent.futures import CancelledError, Future
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pymongo.errors import ConnectionFailure
-
 from . import attempt as attempts
-from . import expiry, logs, signals
+from . import expiry, instances, lifecycle, logs, signals
 from .attempt import Attempt
-from .errors import AsyncTaskError, InvalidParams, ShuttingDown, TaskTimeout
-from .executors import Executors, call_main
+from .errors import AsyncTaskError, InvalidParams, ShuttingDown
+from .executors import Executors
 from .process import PerProcess
 from .retry import RetryPolicy
-from .status import FINISHED, Ending, TaskStatus
+from .status import FINISHED, TaskStatus
 from .store.registry import ConcurrencySlots, Workers
 from .store.tasks import TaskStore, utcnow
 from .validation import (
@@ -55,79 +44,7 @@ logger = logging.getLogger(__name__)
 MiB = 1024 * 1024
 #: How often a long-poll looks at the database for tasks other processes run.
 LONG_POLL_INTERVAL = 0.05
-#: Waits between tries of an outcome write the database did not take (a failover, a blip).
-RECORD_BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0)
 _UNSET: Any = object()
-
-#: Every instance in this process, for gunicorn's worker hooks and forks.
-_instances: weakref.WeakSet[AsyncTask] = weakref.WeakSet()
-#: Instances built in a gunicorn master: their workers start in each forked worker process.
-_deferred: weakref.WeakSet[AsyncTask] = weakref.WeakSet()
-_autostart = threading.local()
-
-
-@contextlib.contextmanager
-def autostart(enabled: bool) -> Iterator[None]:
-    """Within the block, a new `AsyncTask` does (not) start its worker on construction."""
-    previous = getattr(_autostart, "enabled", True)
-    _autostart.enabled = enabled
-    try:
-        yield
-    finally:
-        _autostart.enabled = previous
-
-
-def start_all() -> None:
-    """Start the worker of every `AsyncTask` of this process that runs one."""
-    for task in list(_instances):
-        task.start()
-
-
-def shutdown_all(grace: float | None = None) -> int:
-    """Gracefully stop every `AsyncTask` of this process (gunicorn's worker exit hook).
-
-    Returns how many attempts were still running when they were released.
-    """
-    return sum(task.shutdown(wait=True, grace=grace) for task in list(_instances))
-
-
-def _after_fork_in_child() -> None:
-    """Start the workers a gunicorn master deferred, in each worker it forks (the parent's
-    threads are gone in the child: `PerProcess` values are made anew there)."""
-    for task in list(_deferred):
-        _deferred.discard(task)
-        task.start()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _gunicorn_role() -> str | None:
-    """"master" when a gunicorn master loads the app before it forks (`--preload`), "worker" in
-    a gunicorn worker process, else None (read from the call stack: gunicorn says it nowhere)."""
-    if "gunicorn.arbiter" not in sys.modules:
-        return None
-    frame: Any = sys._getframe(1)
-    role = None
-    while frame is not None:
-        path = frame.f_code.co_filename.replace(os.sep, "/")
-        if "/gunicorn/workers/" in path:
-            return "worker"
-        if path.endswith("/gunicorn/arbiter.py"):
-            role = "master"
-        frame = frame.f_back
-    return role
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one attempt ended, and what it leaves: a result, or an error text."""
-
-    ending: Ending
-    result: Any = None
-    error: str | None = None
-    exception: BaseException | None = None
-
 
 class AsyncTask:
     """Turns `main` into a durable task: stored in a collection (the queue), run by workers.
@@ -261,15 +178,7 @@ class AsyncTask:
         self._closed = False
         self.logger_dir = Path(logger_dir)
         self.logger_dir.mkdir(parents=True, exist_ok=True)
-        _instances.add(self)
-        # A worker starts on first use (a submission, a request), never at import time; but a
-        # gunicorn worker process runs its loop from its start, without waiting for a request.
-        if self.worker and getattr(_autostart, "enabled", True) and multiprocessing.parent_process() is None:
-            where = _gunicorn_role()
-            if where == "master":
-                _deferred.add(self)  # started in each worker process gunicorn forks
-            elif where == "worker":
-                self.start()
+        instances.register(self)
 
     @property
     def outdate_time(self) -> timedelta | None:
@@ -313,7 +222,7 @@ class AsyncTask:
             else:
                 self._store.record(task_id, TaskStatus.SUCCESS, result=result)
                 return result
-        self._store.record(task_id, TaskStatus.FAILED, error=_error_text(error))
+        self._store.record(task_id, TaskStatus.FAILED, error=lifecycle.error_text(error))
         return None
 
     # -- public API -------------------------------------------------------------------------
@@ -458,7 +367,7 @@ class AsyncTask:
         """
         self._closed = True
         worker = self._worker.take()
-        _deferred.discard(self)
+        instances.forget(self)
         left = 0
         if worker is not None:
             left = worker.stop(grace if grace is not None else (None if wait else 0.0), release=grace is not None)
@@ -534,147 +443,6 @@ class AsyncTask:
                 self._limit.bind(slot, doc["task_id"], doc["attempts"])
         return None if doc is None else (_attempt_of(doc), deadline)
 
-    def _run_attempt(self, worker: Worker, attempt: Attempt) -> None:
-        """One attempt, in a slot thread: execute, record the outcome, notify the hook."""
-        signals.attempt_started.send(self, attempt=attempt)
-        attempt.reporter = functools.partial(self._store.progress, attempt.task_id, attempt.number)
-        began = time.monotonic()
-        with attempts.running(attempt), logs.opened(
-            self.get_logger(attempt.task_id), self.logger_dir, attempt.task_id, attempt.trace_id
-        ) as task_log:
-            outcome = self._execute(attempt, task_log)
-            self._record(worker, attempt, outcome)
-            self._notify(attempt, outcome)
-        signals.attempt_ended.send(self, attempt=attempt, ending=outcome.ending, seconds=time.monotonic() - began)
-
-    def _execute(self, attempt: Attempt, task_log: logging.Logger) -> Outcome:
-        """Run `main` in this thread, or on the executor it is sent to; conclude how it ended."""
-        remote = self._executors.main_executor()
-        try:
-            if remote is None:
-                result = self.main(logger=task_log, **attempt.params)
-            else:
-                result = self._execute_remote(remote, attempt)
-            check_result(result)
-        except BaseException as exc:  # noqa: BLE001 - any failure of main is the attempt's outcome
-            return self._conclude(attempt, error=exc)
-        return self._conclude(attempt, result=result)
-
-    def _execute_remote(self, remote: Executor, attempt: Attempt) -> Any:
-        """Send `main` to another executor and wait for it, a stop, or the timeout."""
-        future = remote.submit(call_main, self, attempt)
-        future.add_done_callback(lambda _: attempt.wake.set())
-        attempt.wake.wait(self.task_timeout.total_seconds())
-        if not future.done() or future.cancelled():
-            future.cancel()  # ends the child on a killable pool
-            if attempt.stop_reason is None:
-                attempt.stop("timeout")
-            raise CancelledError(f"attempt stopped: {attempt.stop_reason}")
-        error = future.exception()
-        if error is not None:
-            attempt.pending_progress = getattr(error, "asynctask_progress", None)
-            raise error
-        done = future.result()
-        attempt.pending_progress = done.progress
-        return done.result
-
-    def _conclude(self, attempt: Attempt, *, result: Any = None, error: BaseException | None = None) -> Outcome:
-        """How the attempt ended: the one place that decides it."""
-        if attempt.stop_reason == "cancelled":
-            return Outcome(Ending.CANCELLED, error="cancelled")
-        if attempt.stop_reason == "timeout":
-            return Outcome(Ending.TIMED_OUT, error=self._timeout_error())
-        if attempt.stop_reason == "shutdown":
-            return Outcome(Ending.RELEASED)
-        if error is None:
-            return Outcome(Ending.SUCCEEDED, result=result)
-        text = _error_text(error)
-        if self.retry_policy.applies(error, attempt.retries):
-            return Outcome(Ending.RETRY, error=text, exception=error)
-        return Outcome(Ending.FAILED, error=text, exception=error)
-
-    def _record(self, worker: Worker, attempt: Attempt, outcome: Outcome) -> None:
-        """Write the outcome, fenced by the attempt number; retried while the database is away.
-
-        If it cannot be written at all, the task is no longer heartbeated: it becomes an orphan
-        that runs again, never `running` for ever.
-        """
-        task_log = self.get_logger(attempt.task_id)
-        for pause in (*RECORD_BACKOFF, None):
-            try:
-                written = self._write(worker, attempt, outcome)
-                break
-            except ConnectionFailure as exc:
-                if pause is None:
-                    logger.error("could not record the outcome of task %s (%s); it will run again",
-                                 attempt.task_id, exc)
-                    worker.let_go(attempt)
-                    return
-                logger.warning("recording task %s failed (%s); trying again in %gs", attempt.task_id, exc, pause)
-                time.sleep(pause)
-        worker.let_go(attempt)
-        if self._limit is not None:
-            with contextlib.suppress(Exception):
-                self._limit.release(attempt.task_id, attempt.number)
-        status = outcome.ending.status.value
-        if written and status in FINISHED:
-            attempt.final_status = status
-        if not written:
-            task_log.warning("result discarded: this attempt is no longer the task's current one")
-        elif outcome.ending is Ending.RETRY:
-            assert outcome.error is not None
-            task_log.warning("attempt failed; retry %d of %d in %.3gs: %s", attempt.retries + 1,
-                             self.retry_policy.max_retries, self.retry_policy.wait(attempt.retries).total_seconds(),
-                             outcome.error.splitlines()[-1])
-        elif outcome.ending is Ending.SUCCEEDED:
-            task_log.info("task succeeded")
-        elif outcome.ending is not Ending.RELEASED:
-            task_log.error("task %s: %s", status, outcome.error)
-
-    def _write(self, worker: Worker, attempt: Attempt, outcome: Outcome) -> bool:
-        """The store write that records `outcome`; False when the attempt was superseded."""
-        task_id, number, store = attempt.task_id, attempt.number, self._store
-        extra = {"progress": attempt.pending_progress} if attempt.pending_progress else {}
-        ending = outcome.ending
-        if ending is Ending.RETRY:
-            wait = self.retry_policy.wait(attempt.retries)
-            assert outcome.error is not None
-            if not store.retry_later(task_id, number, retries=attempt.retries + 1, error=outcome.error,
-                                     at=utcnow() + wait):
-                return False
-            worker.wake_at(time.monotonic() + wait.total_seconds())
-            return True
-        if ending is Ending.RELEASED:
-            return store.release(worker.owner, [task_id]) == 1
-        return store.finish(task_id, ending.status, attempt=number, result=outcome.result, error=outcome.error,
-                            extra=extra)
-
-    def _notify(self, attempt: Attempt, outcome: Outcome) -> None:
-        """Call the `callback` hook for a final ending; an error it raises is logged, never recorded."""
-        if outcome.ending in (Ending.RETRY, Ending.RELEASED):
-            return
-        future: Future = Future()
-        future.set_running_or_notify_cancel()
-        if outcome.ending is Ending.SUCCEEDED:
-            future.set_result(outcome.result)
-        else:
-            future.set_exception(outcome.exception or _stopped(outcome))
-        try:
-            self.callback(future, attempt.task_id)
-        except Exception:
-            logger.exception("the callback hook of task %s raised", attempt.task_id)
-            self.get_logger(attempt.task_id).exception("the callback hook raised")
-
-    def _time_out(self, attempt: Attempt) -> None:
-        """Fail an attempt past its deadline (from the worker's loop); its late result is fenced out."""
-        if self._store.finish(attempt.task_id, TaskStatus.FAILED, attempt=attempt.number, error=self._timeout_error()):
-            attempt.final_status = TaskStatus.FAILED.value
-            self.get_logger(attempt.task_id).error("task timed out after %s", self.task_timeout)
-        attempt.stop("timeout")
-
-    def _timeout_error(self) -> str:
-        return f"TaskTimeout: task ran longer than task_timeout ({self.task_timeout})"
-
     def _sweep(self) -> None:
         """Recovery, from the worker's loop: orphans back to the queue, stuck slots freed, old logs removed."""
         requeued, failed = self._store.requeue_orphans(self.stale_after, self.max_attempts)
@@ -723,18 +491,3 @@ def _attempt_of(doc: dict[str, Any]) -> Attempt:
         doc["task_id"], doc["attempts"], dict(doc.get("params") or {}),
         trace_id=doc.get("trace_id"), retries=doc.get("retries") or 0,
     )
-
-
-def _stopped(outcome: Outcome) -> BaseException:
-    """The exception a stopped attempt's future carries for the callback hook."""
-    if outcome.ending is Ending.TIMED_OUT:
-        return TaskTimeout(outcome.error or "task timed out")
-    return CancelledError(outcome.error or "cancelled")
-
-
-def _error_text(exc: BaseException) -> str:
-    """The error stored for a failed task: the user's frames, or one line for our own errors."""
-    if isinstance(exc, AsyncTaskError):
-        return "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    return logs.public_error(exc).strip()
-

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from . import lifecycle
 from .attempt import Attempt
 from .store.registry import worker_name
 from .store.tasks import utcnow
@@ -99,7 +100,7 @@ class Worker:
         """A slot's thread: run the attempt; while the queue has more work, claim the next here
         (keeping the slot, so no other claim counts on it) rather than hand it back to the loop."""
         while attempt is not None:
-            _logged(self.task._run_attempt, self, attempt)
+            _logged(lifecycle.run_attempt, self.task, self, attempt)
             keep = self._ended(attempt)
             attempt = None
             if keep:
@@ -195,7 +196,7 @@ class Worker:
                 next_beat = now + beat
                 self._sweep()
             for attempt in self._take_expired():
-                _logged(task._time_out, attempt)
+                _logged(lifecycle.time_out, task, attempt)
                 self.let_go(attempt)
             if due[2]:
                 next_check = now + min(poll, beat)
@@ -318,7 +319,7 @@ def run_worker(targets: list[str], *, concurrency: int | None = None, grace: flo
     On the signal it takes no new work, gives running tasks `grace` seconds, releases the
     rest to the queue and returns 0.
     """
-    from .task import autostart
+    from .instances import autostart
 
     with autostart(False):
         tasks = load_tasks(targets)

@@ -437,7 +437,7 @@ def test_an_outcome_write_that_meets_a_database_blip_is_retried(make_task, wait_
 
 
 def test_an_outcome_that_cannot_be_written_makes_an_orphan_that_runs_again(make_task, wait_for, monkeypatch):
-    import asynctask.task as lifecycle
+    import asynctask.lifecycle as lifecycle
 
     monkeypatch.setattr(lifecycle, "RECORD_BACKOFF", (0.01,))
     shared = MemoryCollection()

@@ -1,0 +1,215 @@
+"""The lifecycle of one attempt, in a slot thread, in the shape of CPython's `_WorkItem.run`:
+
+    outcome = execute(task, attempt, log)    # run main here or on its executor; conclude how it ended
+    record(task, worker, attempt, outcome)   # one fenced store write, retried while the database is away
+    notify(task, attempt, outcome)           # the `callback` hook: a notification, never the writer
+
+How an attempt ended is decided in one place (`conclude`) as one `Ending`; every status it
+writes goes through the store's transition table. Metrics hang off the signals it sends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+import traceback
+from concurrent.futures import CancelledError, Executor, Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pymongo.errors import ConnectionFailure
+
+from . import attempt as attempts
+from . import logs, signals
+from .attempt import Attempt
+from .errors import AsyncTaskError, TaskTimeout
+from .executors import call_main
+from .status import FINISHED, Ending, TaskStatus
+from .store.tasks import utcnow
+from .validation import check_result
+
+if TYPE_CHECKING:
+    from .task import AsyncTask
+    from .worker import Worker
+
+logger = logging.getLogger(__name__)
+
+#: Waits between tries of an outcome write the database did not take (a failover, a blip).
+RECORD_BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt ended, and what it leaves: a result, or an error text."""
+
+    ending: Ending
+    result: Any = None
+    error: str | None = None
+    exception: BaseException | None = None
+
+
+def run_attempt(task: AsyncTask, worker: Worker, attempt: Attempt) -> None:
+    """One attempt, in a slot thread: execute, record the outcome, notify the hook."""
+    signals.attempt_started.send(task, attempt=attempt)
+    attempt.reporter = functools.partial(task._store.progress, attempt.task_id, attempt.number)
+    began = time.monotonic()
+    with attempts.running(attempt), logs.opened(
+        task.get_logger(attempt.task_id), task.logger_dir, attempt.task_id, attempt.trace_id
+    ) as task_log:
+        outcome = execute(task, attempt, task_log)
+        record(task, worker, attempt, outcome)
+        notify(task, attempt, outcome)
+    signals.attempt_ended.send(task, attempt=attempt, ending=outcome.ending, seconds=time.monotonic() - began)
+
+
+def execute(task: AsyncTask, attempt: Attempt, task_log: logging.Logger) -> Outcome:
+    """Run `main` in this thread, or on the executor it is sent to; conclude how it ended."""
+    remote = task._executors.main_executor()
+    try:
+        if remote is None:
+            result = task.main(logger=task_log, **attempt.params)
+        else:
+            result = execute_remote(task, remote, attempt)
+        check_result(result)
+    except BaseException as exc:  # noqa: BLE001 - any failure of main is the attempt's outcome
+        return conclude(task, attempt, error=exc)
+    return conclude(task, attempt, result=result)
+
+
+def execute_remote(task: AsyncTask, remote: Executor, attempt: Attempt) -> Any:
+    """Send `main` to another executor and wait for it, a stop, or the timeout."""
+    future = remote.submit(call_main, task, attempt)
+    future.add_done_callback(lambda _: attempt.wake.set())
+    attempt.wake.wait(task.task_timeout.total_seconds())
+    if not future.done() or future.cancelled():
+        future.cancel()  # ends the child on a killable pool
+        if attempt.stop_reason is None:
+            attempt.stop("timeout")
+        raise CancelledError(f"attempt stopped: {attempt.stop_reason}")
+    error = future.exception()
+    if error is not None:
+        attempt.pending_progress = getattr(error, "asynctask_progress", None)
+        raise error
+    done = future.result()
+    attempt.pending_progress = done.progress
+    return done.result
+
+
+def conclude(task: AsyncTask, attempt: Attempt, *, result: Any = None, error: BaseException | None = None) -> Outcome:
+    """How the attempt ended: the one place that decides it."""
+    if attempt.stop_reason == "cancelled":
+        return Outcome(Ending.CANCELLED, error="cancelled")
+    if attempt.stop_reason == "timeout":
+        return Outcome(Ending.TIMED_OUT, error=timeout_error(task))
+    if attempt.stop_reason == "shutdown":
+        return Outcome(Ending.RELEASED)
+    if error is None:
+        return Outcome(Ending.SUCCEEDED, result=result)
+    text = error_text(error)
+    if task.retry_policy.applies(error, attempt.retries):
+        return Outcome(Ending.RETRY, error=text, exception=error)
+    return Outcome(Ending.FAILED, error=text, exception=error)
+
+
+def record(task: AsyncTask, worker: Worker, attempt: Attempt, outcome: Outcome) -> None:
+    """Write the outcome, fenced by the attempt number; retried while the database is away.
+
+    If it cannot be written at all, the task is no longer heartbeated: it becomes an orphan
+    that runs again, never `running` for ever.
+    """
+    task_log = task.get_logger(attempt.task_id)
+    for pause in (*RECORD_BACKOFF, None):
+        try:
+            written = write(task, worker, attempt, outcome)
+            break
+        except ConnectionFailure as exc:
+            if pause is None:
+                logger.error("could not record the outcome of task %s (%s); it will run again",
+                             attempt.task_id, exc)
+                worker.let_go(attempt)
+                return
+            logger.warning("recording task %s failed (%s); trying again in %gs", attempt.task_id, exc, pause)
+            time.sleep(pause)
+    worker.let_go(attempt)
+    if task._limit is not None:
+        with contextlib.suppress(Exception):
+            task._limit.release(attempt.task_id, attempt.number)
+    status = outcome.ending.status.value
+    if written and status in FINISHED:
+        attempt.final_status = status
+    if not written:
+        task_log.warning("result discarded: this attempt is no longer the task's current one")
+    elif outcome.ending is Ending.RETRY:
+        assert outcome.error is not None
+        task_log.warning("attempt failed; retry %d of %d in %.3gs: %s", attempt.retries + 1,
+                         task.retry_policy.max_retries, task.retry_policy.wait(attempt.retries).total_seconds(),
+                         outcome.error.splitlines()[-1])
+    elif outcome.ending is Ending.SUCCEEDED:
+        task_log.info("task succeeded")
+    elif outcome.ending is not Ending.RELEASED:
+        task_log.error("task %s: %s", status, outcome.error)
+
+
+def write(task: AsyncTask, worker: Worker, attempt: Attempt, outcome: Outcome) -> bool:
+    """The store write that records `outcome`; False when the attempt was superseded."""
+    task_id, number, store = attempt.task_id, attempt.number, task._store
+    extra = {"progress": attempt.pending_progress} if attempt.pending_progress else {}
+    ending = outcome.ending
+    if ending is Ending.RETRY:
+        wait = task.retry_policy.wait(attempt.retries)
+        assert outcome.error is not None
+        if not store.retry_later(task_id, number, retries=attempt.retries + 1, error=outcome.error,
+                                 at=utcnow() + wait):
+            return False
+        worker.wake_at(time.monotonic() + wait.total_seconds())
+        return True
+    if ending is Ending.RELEASED:
+        return store.release(worker.owner, [task_id]) == 1
+    return store.finish(task_id, ending.status, attempt=number, result=outcome.result, error=outcome.error,
+                        extra=extra)
+
+
+def notify(task: AsyncTask, attempt: Attempt, outcome: Outcome) -> None:
+    """Call the `callback` hook for a final ending; an error it raises is logged, never recorded."""
+    if outcome.ending in (Ending.RETRY, Ending.RELEASED):
+        return
+    future: Future = Future()
+    future.set_running_or_notify_cancel()
+    if outcome.ending is Ending.SUCCEEDED:
+        future.set_result(outcome.result)
+    else:
+        future.set_exception(outcome.exception or _stopped(outcome))
+    try:
+        task.callback(future, attempt.task_id)
+    except Exception:
+        logger.exception("the callback hook of task %s raised", attempt.task_id)
+        task.get_logger(attempt.task_id).exception("the callback hook raised")
+
+
+def time_out(task: AsyncTask, attempt: Attempt) -> None:
+    """Fail an attempt past its deadline (from the worker's loop); its late result is fenced out."""
+    if task._store.finish(attempt.task_id, TaskStatus.FAILED, attempt=attempt.number, error=timeout_error(task)):
+        attempt.final_status = TaskStatus.FAILED.value
+        task.get_logger(attempt.task_id).error("task timed out after %s", task.task_timeout)
+    attempt.stop("timeout")
+
+
+def timeout_error(task: AsyncTask) -> str:
+    return f"TaskTimeout: task ran longer than task_timeout ({task.task_timeout})"
+
+
+def _stopped(outcome: Outcome) -> BaseException:
+    """The exception a stopped attempt's future carries for the callback hook."""
+    if outcome.ending is Ending.TIMED_OUT:
+        return TaskTimeout(outcome.error or "task timed out")
+    return CancelledError(outcome.error or "cancelled")
+
+
+def error_text(exc: BaseException) -> str:
+    """The error stored for a failed task: the user's frames, or one line for our own errors."""
+    if isinstance(exc, AsyncTaskError):
+        return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return logs.public_error(exc).strip()
+
