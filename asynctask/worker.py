@@ -186,9 +186,9 @@ class Worker:
                     if claim:
                         waits += [next_poll, self._poll_at]
                     left = min(waits) - now
-                    if self._in_flight:
-                        soonest = min(self._in_flight.values())
-                        left = min(left, (soonest - utcnow()).total_seconds())
+                    deadlines = [d for a, d in self._in_flight.items() if a.stop_reason is None]
+                    if deadlines:  # an attempt that was stopped already has no deadline to watch
+                        left = min(left, (min(deadlines) - utcnow()).total_seconds())
                     self._cond.wait(max(left, 0.005))
                     continue
                 self._poll_now = False
