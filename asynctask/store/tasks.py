@@ -174,10 +174,18 @@ class TaskStore:
             TaskStatus.RUNNING, None, {**claim_for, "started_at": now}, ("progress", "result", "next_retry_at"),
             {"attempts": 1}, now,
         )
-        return self.collection.find_one_and_update(
+        # The document as it was (cheaper than reading it back in the in-memory store), brought
+        # up to date here with what the update wrote.
+        doc = self.collection.find_one_and_update(
             {**query, "run_at": {"$lte": now}}, update,
-            sort=[("priority", DESCENDING), ("run_at", ASCENDING)], return_document=ReturnDocument.AFTER,
+            sort=[("priority", DESCENDING), ("run_at", ASCENDING)], return_document=ReturnDocument.BEFORE,
         )
+        if doc is None:
+            return None
+        for name in update["$unset"]:
+            doc.pop(name, None)
+        doc.update(update["$set"], attempts=doc.get("attempts", 0) + 1)
+        return doc
 
     @staticmethod
     def claim_fields(owner: str, worker: str, deadline: datetime, now: datetime | None = None) -> dict[str, Any]:
