@@ -1,8 +1,8 @@
 """The lifecycle of one attempt, in a slot thread, in the shape of CPython's `_WorkItem.run`:
 
-    outcome = execute(task, attempt, log)    # run main here or on its executor; conclude how it ended
-    record(task, worker, attempt, outcome)   # one fenced store write, retried while the database is away
-    notify(task, attempt, outcome)           # the `callback` hook: a notification, never the writer
+    outcome = execute(task, attempt, log)        # run main here or on its executor; conclude how it ended
+    record(task, worker, attempt, outcome, log)  # one fenced store write, retried while the database is away
+    notify(task, attempt, outcome, log)          # the `callback` hook: a notification, never the writer
 
 How an attempt ended is decided in one place (`conclude`) as one `Ending`; every status it
 writes goes through the store's transition table. Metrics hang off the signals it sends.
@@ -59,8 +59,8 @@ def run_attempt(task: AsyncTask, worker: Worker, attempt: Attempt) -> None:
         task.get_logger(attempt.task_id), task.logger_dir, attempt.task_id, attempt.trace_id
     ) as task_log:
         outcome = execute(task, attempt, task_log)
-        record(task, worker, attempt, outcome)
-        notify(task, attempt, outcome)
+        record(task, worker, attempt, outcome, task_log)
+        notify(task, attempt, outcome, task_log)
     signals.attempt_ended.send(task, attempt=attempt, ending=outcome.ending, seconds=time.monotonic() - began)
 
 
@@ -113,13 +113,12 @@ def conclude(task: AsyncTask, attempt: Attempt, *, result: Any = None, error: Ba
     return Outcome(Ending.FAILED, error=text, exception=error)
 
 
-def record(task: AsyncTask, worker: Worker, attempt: Attempt, outcome: Outcome) -> None:
+def record(task: AsyncTask, worker: Worker, attempt: Attempt, outcome: Outcome, task_log: logging.Logger) -> None:
     """Write the outcome, fenced by the attempt number; retried while the database is away.
 
     If it cannot be written at all, the task is no longer heartbeated: it becomes an orphan
     that runs again, never `running` for ever.
     """
-    task_log = task.get_logger(attempt.task_id)
     for pause in (*RECORD_BACKOFF, None):
         try:
             written = write(task, worker, attempt, outcome)
@@ -171,7 +170,7 @@ def write(task: AsyncTask, worker: Worker, attempt: Attempt, outcome: Outcome) -
                         extra=extra)
 
 
-def notify(task: AsyncTask, attempt: Attempt, outcome: Outcome) -> None:
+def notify(task: AsyncTask, attempt: Attempt, outcome: Outcome, task_log: logging.Logger) -> None:
     """Call the `callback` hook for a final ending; an error it raises is logged, never recorded."""
     if outcome.ending in (Ending.RETRY, Ending.RELEASED):
         return
@@ -185,7 +184,7 @@ def notify(task: AsyncTask, attempt: Attempt, outcome: Outcome) -> None:
         task.callback(future, attempt.task_id)
     except Exception:
         logger.exception("the callback hook of task %s raised", attempt.task_id)
-        task.get_logger(attempt.task_id).exception("the callback hook raised")
+        task_log.exception("the callback hook raised")
 
 
 def time_out(task: AsyncTask, attempt: Attempt) -> None:

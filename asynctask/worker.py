@@ -179,16 +179,16 @@ class Worker:
                     self._poll_now, self._poll_at = True, float("inf")
                 due = [now >= next_beat, claim and (self._poll_now or now >= next_poll),
                        bool(self._held) and now >= next_check]
-                if not any(due) and not self._expired():
+                watched = self._watched()
+                if not any(due) and not any(d <= utcnow() for d in watched.values()):
                     waits = [next_beat]
                     if self._held:
                         waits.append(next_check)
                     if claim:
                         waits += [next_poll, self._poll_at]
                     left = min(waits) - now
-                    deadlines = [d for a, d in self._in_flight.items() if a.stop_reason is None]
-                    if deadlines:  # an attempt that was stopped already has no deadline to watch
-                        left = min(left, (min(deadlines) - utcnow()).total_seconds())
+                    if watched:
+                        left = min(left, (min(watched.values()) - utcnow()).total_seconds())
                     self._cond.wait(max(left, 0.005))
                     continue
                 self._poll_now = False
@@ -205,14 +205,14 @@ class Worker:
                 next_poll = now + poll
                 _logged(self._fill)
 
-    def _expired(self) -> bool:
-        now = utcnow()
-        return any(deadline <= now for attempt, deadline in self._in_flight.items() if attempt.stop_reason is None)
+    def _watched(self) -> dict[Attempt, datetime]:
+        """The deadlines to watch: of attempts not stopped already (a timed-out `main` may run on)."""
+        with self._cond:
+            return {a: deadline for a, deadline in self._in_flight.items() if a.stop_reason is None}
 
     def _take_expired(self) -> list[Attempt]:
         now = utcnow()
-        with self._cond:
-            return [a for a, deadline in self._in_flight.items() if deadline <= now and a.stop_reason is None]
+        return [a for a, deadline in self._watched().items() if deadline <= now]
 
     def _fill(self) -> None:
         """Claim due tasks while a slot is free; remember whether work was left behind."""

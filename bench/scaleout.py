@@ -20,6 +20,7 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -237,7 +238,7 @@ def main() -> None:
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="asynctask-bench-"))
     given = os.environ.get("ASYNCTASK_TEST_MONGO_URI")
-    with running_server() if not given else _given(given) as uri:
+    with running_server() if not given else contextlib.nullcontext(given) as uri:
         client: MongoClient = MongoClient(uri, tz_aware=True)
         db = client[apps.DEFAULT_DB]
         if 1 in args.only:
@@ -249,17 +250,6 @@ def main() -> None:
         if 4 in args.only:
             throughput(uri, db, logs, args.noop, args.baseline)
         client.close()
-
-
-class _given:
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-
-    def __enter__(self) -> str:
-        return self.uri
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 if __name__ == "__main__":

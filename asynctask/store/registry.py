@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -179,6 +180,4 @@ class ConcurrencySlots:
 
 def worker_name() -> str:
     """`host:pid` of this process, as the public view and `/workers` show it."""
-    import os
-
     return f"{socket.gethostname()}:{os.getpid()}"

@@ -78,8 +78,6 @@ def _read_body() -> bytes:
     werkzeug cuts a body sent without Content-Length (chunked) at `max_content_length`
     rather than refuse it; a body cut short is never parsed.
     """
-    from werkzeug.exceptions import RequestEntityTooLarge
-
     raw = request.get_data(cache=True)
     limit = g.get("asynctask_max_content_length") or request.max_content_length
     if limit is None:
@@ -147,9 +145,9 @@ def _number_arg(name: str, default: float, low: float, high: float | None = None
     except ValueError:
         raise BadRequest(f"{name} must be {kind}, not {raw[:40]!r}") from None
     if not (low <= value and (high is None or value <= high)):  # NaN is in no range
-        bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
-        if integer:
-            bounds = f"between {low:.0f} and {high:.0f}" if high is not None else f"at least {low:.0f}"
+        shown = "{:.0f}" if integer else "{:g}"
+        bounds = (f"between {shown.format(low)} and {shown.format(high)}" if high is not None
+                  else f"at least {shown.format(low)}")
         raise BadRequest(f"{name} must be {kind} {bounds}")
     return value
 
