@@ -162,10 +162,11 @@ class Executors:
         return self._pools.get()[1]
 
     def shutdown(self, wait: bool = True) -> None:
-        """Stop taking work; with `wait`, return once running attempts are done."""
+        """Stop taking work; with `wait`, return once running attempts are done. An executor
+        the user passed in is theirs: it is never shut down here."""
         pools = self._pools.take()
         for executor in pools or ():
-            if executor is not None:
+            if executor is not None and executor is not self._spec:
                 try:
                     executor.shutdown(wait=wait, cancel_futures=not wait)
                 except TypeError:  # executors older than Python 3.9's signature (Dask's)

@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -47,11 +48,19 @@ def start_all() -> None:
 
 
 def shutdown_all(grace: float | None = None) -> int:
-    """Gracefully stop every `AsyncTask` of this process (gunicorn's worker exit hook).
+    """Gracefully stop every `AsyncTask` of this process (SIGTERM of `asynctask worker`,
+    gunicorn's worker exit hook): every type stops claiming at once, then all share one grace.
 
-    Returns how many attempts were still running when they were released.
+    Returns how many attempts were still running when they were released: the caller should
+    then exit at once, so that no released attempt runs on beside its next one.
     """
-    return sum(task.shutdown(wait=True, grace=grace) for task in list(_instances))
+    tasks = list(_instances)
+    for task in tasks:
+        task.stop_claiming()
+    if grace is None:
+        return sum(task.shutdown(wait=True) for task in tasks)
+    deadline = time.monotonic() + grace
+    return sum(task.shutdown(wait=True, grace=max(deadline - time.monotonic(), 0.0)) for task in tasks)
 
 
 def _after_fork_in_child() -> None:

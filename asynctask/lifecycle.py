@@ -1,11 +1,14 @@
 """The lifecycle of one attempt, in a slot thread, in the shape of CPython's `_WorkItem.run`:
 
-    outcome = execute(task, attempt, log)        # run main here or on its executor; conclude how it ended
-    record(task, worker, attempt, outcome, log)  # one fenced store write, retried while the database is away
-    notify(task, attempt, outcome, log)          # the `callback` hook: a notification, never the writer
+    outcome = execute(task, attempt, log)                   # run main; conclude how it ended
+    recorded = record(task, worker, attempt, outcome, log)  # one fenced store write, retried while the database is away
+    notify(task, attempt, recorded, log)                    # the `callback` hook, once per recorded final outcome
 
-How an attempt ended is decided in one place (`conclude`) as one `Ending`; every status it
-writes goes through the store's transition table. Metrics hang off the signals it sends.
+It is total: whatever raises after the claim (the log file, a hook, a signal receiver, a write
+the database refuses for good) ends the attempt with a recorded outcome naming the cause, or
+hands it back to the queue, and the slot is freed. How an attempt ended is decided in one place
+(`conclude`) as one `Ending`; every status it writes goes through the store's transition
+table. Metrics hang off the signals it sends, which can never break it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from . import attempt as attempts
 from . import logs, signals
@@ -52,16 +55,52 @@ class Outcome:
 
 def run_attempt(task: AsyncTask, worker: Worker, attempt: Attempt) -> None:
     """One attempt, in a slot thread: execute, record the outcome, notify the hook."""
-    signals.attempt_started.send(task, attempt=attempt)
-    attempt.reporter = functools.partial(task._store.progress, attempt.task_id, attempt.number)
     began = time.monotonic()
-    with attempts.running(attempt), logs.opened(
-        task.get_logger(attempt.task_id), task.logger_dir, attempt.task_id, attempt.trace_id
-    ) as task_log:
-        outcome = execute(task, attempt, task_log)
-        record(task, worker, attempt, outcome, task_log)
-        notify(task, attempt, outcome, task_log)
-    signals.attempt_ended.send(task, attempt=attempt, ending=outcome.ending, seconds=time.monotonic() - began)
+    ending = Ending.LOST
+    try:
+        signals.emit(signals.attempt_started, task, attempt=attempt)
+        attempt.reporter = functools.partial(task._store.progress, attempt.task_id, attempt.number)
+        with attempts.running(attempt), logs.opened(
+            task.get_logger(attempt.task_id), task.logger_dir, attempt.task_id, attempt.trace_id
+        ) as task_log:
+            outcome = execute(task, attempt, task_log)
+            recorded = record(task, worker, attempt, outcome, task_log)
+            ending = recorded.ending if recorded else outcome.ending
+            notify(task, attempt, recorded, task_log)
+    except Exception as exc:  # noqa: BLE001 - after a claim, every failure ends as an outcome
+        ending = salvage(task, worker, attempt, exc)
+    finally:
+        worker.let_go(attempt)
+        if task._limit is not None:
+            with contextlib.suppress(Exception):
+                task._limit.release(attempt.task_id, attempt.number)
+        signals.emit(signals.attempt_ended, task, attempt=attempt, ending=ending, seconds=time.monotonic() - began)
+
+
+def salvage(task: AsyncTask, worker: Worker, attempt: Attempt, exc: BaseException) -> Ending:
+    """Something raised outside `main` after the claim: fail the attempt naming the cause, or
+    (if even that cannot be written) leave it to run again elsewhere."""
+    logger.error("task %s: the attempt broke outside main", attempt.task_id, exc_info=exc)
+    failure = Outcome(Ending.FAILED, error=f"asynctask could not finish the attempt: {error_text(exc)}")
+    try:
+        recorded = record(task, worker, attempt, failure, logger)
+    except Exception:
+        logger.exception("task %s: not even its failure could be stored; releasing it", attempt.task_id)
+        with contextlib.suppress(Exception):
+            task._store.release(worker.owner, attempt.task_id, attempt.number)
+        return Ending.RELEASED
+    return recorded.ending if recorded else Ending.LOST
+
+
+def refuse(task: AsyncTask, worker: Worker, attempt: Attempt, exc: BaseException) -> None:
+    """The executor refused a claimed attempt: fail it naming why (the slot is freed by the caller)."""
+    refused = Outcome(Ending.FAILED, error=f"the executor refused the task: {error_text(exc)}")
+    if record(task, worker, attempt, refused, logger) is not None:
+        attempt.final_status = TaskStatus.FAILED.value
+    worker.let_go(attempt)
+    if task._limit is not None:
+        with contextlib.suppress(Exception):
+            task._limit.release(attempt.task_id, attempt.number)
 
 
 def execute(task: AsyncTask, attempt: Attempt, task_log: logging.Logger) -> Outcome:
@@ -105,6 +144,8 @@ def conclude(task: AsyncTask, attempt: Attempt, *, result: Any = None, error: Ba
         return Outcome(Ending.TIMED_OUT, error=timeout_error(task))
     if attempt.stop_reason == "shutdown":
         return Outcome(Ending.RELEASED)
+    if attempt.stop_reason == "lost":
+        return Outcome(Ending.LOST)
     if error is None:
         return Outcome(Ending.SUCCEEDED, result=result)
     text = error_text(error)
@@ -113,34 +154,49 @@ def conclude(task: AsyncTask, attempt: Attempt, *, result: Any = None, error: Ba
     return Outcome(Ending.FAILED, error=text, exception=error)
 
 
-def record(task: AsyncTask, worker: Worker, attempt: Attempt, outcome: Outcome, task_log: logging.Logger) -> None:
-    """Write the outcome, fenced by the attempt number; retried while the database is away.
+def record(task: AsyncTask, worker: Worker, attempt: Attempt, outcome: Outcome,
+           task_log: logging.Logger) -> Outcome | None:
+    """Write the outcome, fenced by the attempt number; the outcome as written, or None.
 
-    If it cannot be written at all, the task is no longer heartbeated: it becomes an orphan
-    that runs again, never `running` for ever.
+    A database that is away is tried again with backoff; if it stays away, the task is no
+    longer heartbeated and becomes an orphan that runs again, never `running` for ever. A
+    write the database refuses for good (a document over 16 MiB) records `failed` instead,
+    naming the cause. A retry or release that finds a cancel request ends `cancelled`.
     """
-    for pause in (*RECORD_BACKOFF, None):
+    substituted = False
+    pauses = iter((*RECORD_BACKOFF, None))
+    while True:
         try:
-            written = write(task, worker, attempt, outcome)
+            status = write(task, worker, attempt, outcome)
             break
-        except ConnectionFailure as exc:
+        except Exception as exc:
+            if not _transient(exc):
+                if substituted:
+                    raise  # even a plain failure cannot be written: the caller releases the task
+                logger.error("task %s: the database refused its outcome: %s", attempt.task_id, exc)
+                outcome = Outcome(Ending.FAILED, error=f"the outcome could not be stored: {error_text(exc)}")
+                substituted = True
+                continue
+            pause = next(pauses)
             if pause is None:
                 logger.error("could not record the outcome of task %s (%s); it will run again",
                              attempt.task_id, exc)
                 worker.let_go(attempt)
-                return
+                return None
             logger.warning("recording task %s failed (%s); trying again in %gs", attempt.task_id, exc, pause)
             time.sleep(pause)
     worker.let_go(attempt)
-    if task._limit is not None:
-        with contextlib.suppress(Exception):
-            task._limit.release(attempt.task_id, attempt.number)
-    status = outcome.ending.status.value
-    if written and status in FINISHED:
+    if status is None:
+        if outcome.ending is not Ending.LOST:
+            task_log.warning("result discarded: this attempt is no longer the task's current one")
+        if outcome.ending is Ending.TIMED_OUT and attempt.final_status is not None:
+            return outcome  # the worker's loop recorded the timeout on the attempt's behalf
+        return None
+    if status == TaskStatus.CANCELLED.value and outcome.ending is not Ending.CANCELLED:
+        outcome = Outcome(Ending.CANCELLED, error="cancelled")
+    if status in FINISHED:
         attempt.final_status = status
-    if not written:
-        task_log.warning("result discarded: this attempt is no longer the task's current one")
-    elif outcome.ending is Ending.RETRY:
+    if outcome.ending is Ending.RETRY:
         assert outcome.error is not None
         task_log.warning("attempt failed; retry %d of %d in %.3gs: %s", attempt.retries + 1,
                          task.retry_policy.max_retries, task.retry_policy.wait(attempt.retries).total_seconds(),
@@ -149,37 +205,48 @@ def record(task: AsyncTask, worker: Worker, attempt: Attempt, outcome: Outcome, 
         task_log.info("task succeeded")
     elif outcome.ending is not Ending.RELEASED:
         task_log.error("task %s: %s", status, outcome.error)
+    return outcome
 
 
-def write(task: AsyncTask, worker: Worker, attempt: Attempt, outcome: Outcome) -> bool:
-    """The store write that records `outcome`; False when the attempt was superseded."""
+def write(task: AsyncTask, worker: Worker, attempt: Attempt, outcome: Outcome) -> str | None:
+    """The store write that records `outcome`: the status written, None when superseded."""
     task_id, number, store = attempt.task_id, attempt.number, task._store
     extra = {"progress": attempt.pending_progress} if attempt.pending_progress else {}
     ending = outcome.ending
+    if ending is Ending.LOST:
+        return None
     if ending is Ending.RETRY:
         wait = task.retry_policy.wait(attempt.retries)
         assert outcome.error is not None
-        if not store.retry_later(task_id, number, retries=attempt.retries + 1, error=outcome.error,
-                                 at=utcnow() + wait):
-            return False
-        worker.wake_at(time.monotonic() + wait.total_seconds())
-        return True
+        status = store.retry_later(task_id, number, retries=attempt.retries + 1, error=outcome.error,
+                                   at=utcnow() + wait)
+        if status == TaskStatus.QUEUED.value:
+            worker.wake_at(time.monotonic() + wait.total_seconds())
+        return status
     if ending is Ending.RELEASED:
-        return store.release(worker.owner, [task_id]) == 1
-    return store.finish(task_id, ending.status, attempt=number, result=outcome.result, error=outcome.error,
-                        extra=extra)
+        return store.release(worker.owner, task_id, number)
+    written = store.finish(task_id, ending.status, attempt=number, result=outcome.result, error=outcome.error,
+                           extra=extra)
+    return ending.status.value if written else None
 
 
-def notify(task: AsyncTask, attempt: Attempt, outcome: Outcome, task_log: logging.Logger) -> None:
-    """Call the `callback` hook for a final ending; an error it raises is logged, never recorded."""
-    if outcome.ending in (Ending.RETRY, Ending.RELEASED):
+def _transient(exc: BaseException) -> bool:
+    """Whether a failed write may succeed when tried again (the database away, a failover)."""
+    if isinstance(exc, ConnectionFailure):
+        return True
+    return isinstance(exc, PyMongoError) and exc.has_error_label("RetryableWriteError")
+
+
+def notify(task: AsyncTask, attempt: Attempt, recorded: Outcome | None, task_log: logging.Logger) -> None:
+    """Call the `callback` hook once for a recorded final outcome; an error it raises is logged."""
+    if recorded is None or recorded.ending.status.value not in FINISHED:
         return
     future: Future = Future()
     future.set_running_or_notify_cancel()
-    if outcome.ending is Ending.SUCCEEDED:
-        future.set_result(outcome.result)
+    if recorded.ending is Ending.SUCCEEDED:
+        future.set_result(recorded.result)
     else:
-        future.set_exception(outcome.exception or _stopped(outcome))
+        future.set_exception(recorded.exception or _stopped(recorded))
     try:
         task.callback(future, attempt.task_id)
     except Exception:

@@ -1,12 +1,17 @@
 """Lifecycle signals (blinker, which Flask brings): cross-cutting concerns hang off these.
 
 Metrics subscribe here instead of being called from inside the lifecycle. The sender is the
-`AsyncTask` instance; receivers must be quick and must not raise (an error is logged).
+`AsyncTask` instance; receivers must be quick; one that raises is logged and swallowed (`emit`).
 """
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from blinker import Namespace
+
+logger = logging.getLogger(__name__)
 
 _signals = Namespace()
 
@@ -20,3 +25,16 @@ attempt_ended = _signals.signal("attempt-ended")
 #: A task reached a final status without an attempt of this process (a cancel before it
 #: started, a task failed after its workers were lost). Keywords: `status`, `count`.
 task_finished = _signals.signal("task-finished")
+
+
+def emit(signal: Any, sender: Any, **kwargs: Any) -> None:
+    """Send `signal` to each receiver in turn; one that raises is logged and the rest still run.
+
+    Receivers are notifications: a raising one (a metrics backend whose folder is gone) never
+    decides whether an outcome is recorded or a slot is freed.
+    """
+    for receiver in signal.receivers_for(sender):
+        try:
+            receiver(sender, **kwargs)
+        except Exception:
+            logger.exception("a receiver of the %s signal raised: %r", signal.name, receiver)

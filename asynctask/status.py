@@ -47,6 +47,7 @@ class Ending(str, Enum):
     TIMED_OUT = "timed_out"  # ran past task_timeout
     CANCELLED = "cancelled"  # a cancel stopped it
     RELEASED = "released"  # the process shut down first; the task goes back to the queue
+    LOST = "lost"  # the task was given to another worker meanwhile; nothing is written
 
     @property
     def status(self) -> TaskStatus:
@@ -61,4 +62,5 @@ _ENDING_STATUS = {
     Ending.TIMED_OUT: TaskStatus.FAILED,
     Ending.CANCELLED: TaskStatus.CANCELLED,
     Ending.RELEASED: TaskStatus.QUEUED,
+    Ending.LOST: TaskStatus.RUNNING,
 }

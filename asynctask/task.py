@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from . import attempt as attempts
-from . import expiry, instances, lifecycle, logs, signals
+from . import instances, lifecycle, logs, signals
 from .attempt import Attempt
 from .errors import AsyncTaskError, InvalidParams, ShuttingDown
 from .executors import Executors
@@ -27,7 +27,7 @@ from .process import PerProcess
 from .retry import RetryPolicy
 from .status import FINISHED, TaskStatus
 from .store.registry import ConcurrencySlots, Workers
-from .store.tasks import TaskStore, utcnow
+from .store.tasks import TaskStore
 from .validation import (
     Signature,
     check_keys,
@@ -65,9 +65,11 @@ class AsyncTask:
         poll_interval: seconds between claims of an idle worker.
         max_concurrency: at most this many tasks of this type run at once across every process.
         heartbeat_interval: seconds between heartbeats (and recovery sweeps) of this process.
-        stale_after: seconds without heartbeat after which a task is orphaned (3 x interval).
+        stale_after: seconds a worker may stay silent before its tasks are orphaned (default
+            3 x interval, at least 2 x interval); timed by the sweeping process's own clock.
         max_attempts: attempts an orphaned task gets before it fails with "worker lost".
         max_retries, retry_delay, retry_backoff, retry_on: retries of a task whose `main` raised.
+        retry_max_delay: the longest wait before a retry (default 1 h); waits get up to 10% jitter.
         result_ttl: seconds or timedelta after which finished tasks and their logs are removed.
         api_token: bearer token the HTTP API requires (default `ASYNCTASK_API_TOKEN`).
         max_content_length: largest HTTP request body accepted, in bytes.
@@ -88,6 +90,7 @@ class AsyncTask:
     retry_delay: float = 1.0
     retry_backoff: float = 2.0
     retry_on: Any = (Exception,)
+    retry_max_delay: Any = 3600.0
     result_ttl: Any = None
     api_token: str | None = None
     max_content_length: int = MiB
@@ -119,6 +122,7 @@ class AsyncTask:
         retry_delay: float = _UNSET,
         retry_backoff: float = _UNSET,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = _UNSET,
+        retry_max_delay: float | timedelta = _UNSET,
         result_ttl: int | float | timedelta | None = _UNSET,
         api_token: str | None = _UNSET,
         max_content_length: int = _UNSET,
@@ -144,6 +148,11 @@ class AsyncTask:
         self.stale_after: timedelta = (
             duration("stale_after", option("stale_after", stale_after), optional=True) or 3 * self.heartbeat_interval
         )
+        if self.stale_after < 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"stale_after ({self.stale_after.total_seconds():g}s) must be at least twice heartbeat_interval "
+                f"({self.heartbeat_interval.total_seconds():g}s): a live worker would look silent between two beats"
+            )
         self.max_attempts = positive_int("max_attempts", option("max_attempts", max_attempts))
         limit = option("max_concurrency", max_concurrency)
         self.max_concurrency = None if limit is None else positive_int("max_concurrency", limit)
@@ -151,6 +160,7 @@ class AsyncTask:
         self.retry_policy = RetryPolicy.from_options(
             option("max_retries", max_retries), option("retry_delay", retry_delay),
             option("retry_backoff", retry_backoff), option("retry_on", retry_on),
+            option("retry_max_delay", retry_max_delay),
         )
         self.result_ttl: timedelta | None = duration("result_ttl", option("result_ttl", result_ttl), optional=True)
         token = option("api_token", api_token)
@@ -260,7 +270,7 @@ class AsyncTask:
         """
         status = self._store.request_cancel(check_task_id(task_id))
         if status == TaskStatus.CANCELLED.value:
-            signals.task_finished.send(self, status=status)
+            signals.emit(signals.task_finished, self, status=status)
         elif (worker := self._worker.peek()) is not None:
             worker.stop_attempts(task_id, "cancelled")
         return status
@@ -319,7 +329,7 @@ class AsyncTask:
 
     def workers(self) -> builtins.list[dict[str, Any]]:
         """The live workers of this task type (host, pid, types, slots, running, heartbeats)."""
-        return self._workers.live([self.name], self.stale_after)
+        return self._workers.live([self.name])
 
     def ping(self) -> None:
         """Raise unless the database answers (the health check)."""
@@ -351,6 +361,16 @@ class AsyncTask:
 
         init_app(app, self, endpoint)
 
+    def migrate(self) -> int:
+        """Adopt the tasks asynctask 0.1 stored in this collection (they had no type and no due
+        time) as tasks of this type; returns how many. Workers also do it when they start."""
+        return self._store.migrate()
+
+    def stop_claiming(self) -> None:
+        """Take no new work in this process (the first step of a graceful stop)."""
+        if (worker := self._worker.peek()) is not None:
+            worker.stop_claiming()
+
     def start(self) -> None:
         """Start this process's worker (claims, heartbeats, recovery) now, if it runs one."""
         if not self._closed and self.worker:
@@ -378,12 +398,19 @@ class AsyncTask:
 
     def _submit(
         self, params: dict[str, Any], *, task_id: str | None = None, priority: Any = 0, delay: Any = None,
-        run_at: Any = None, trace_id: str | None = None,
+        run_at: Any = None, trace_id: str | None = None, new_task_id: str | None = None,
     ) -> dict[str, Any]:
-        """Validate, then submit by the run rule; returns the task's document as it was left."""
+        """Validate, then submit by the run rule; returns the task's document as it was left.
+
+        `new_task_id` submits a new task under that id, and nothing when the id exists already
+        (a schedule's tick).
+        """
         priority, due = queue_options(priority, delay, run_at)
         rerun = task_id is not None
-        if task_id is not None:
+        if new_task_id is not None:
+            params = self._signature.check(params)
+            task_id = check_task_id(new_task_id)
+        elif task_id is not None:
             check_task_id(task_id)
             if params:
                 raise InvalidParams("task_id re-runs a stored task with its stored params; give no other params")
@@ -397,20 +424,19 @@ class AsyncTask:
         if self.worker:
             worker.start()
         reserved = due is None and self._limit is None and worker.reserve()
-        deadline = utcnow() + self.task_timeout
-        claim_for = self._store.claim_fields(worker.owner, worker.name, deadline) if reserved else None
+        deadline = time.monotonic() + self.task_timeout.total_seconds()
+        claim_for = self._store.claim_fields(worker.owner, worker.name) if reserved else None
         try:
             doc, submitted = self._store.submit(
-                task_id, params, priority=priority, run_at=due, stale_after=self.stale_after,
-                rerun_after=self.rerun_time_limit, trace_id=trace_id or uuid.uuid4().hex, claim_for=claim_for,
-                stored=rerun,
+                task_id, params, priority=priority, run_at=due, rerun_after=self.rerun_time_limit, trace_id=trace_id or uuid.uuid4().hex, claim_for=claim_for,
+                stored=rerun, only_new=new_task_id is not None,
             )
         except BaseException:
             if reserved:
                 worker.unreserve()
             raise
         if submitted:
-            signals.task_submitted.send(self, task_id=task_id)
+            signals.emit(signals.task_submitted, self, task_id=task_id)
         if submitted and reserved and doc["status"] == TaskStatus.RUNNING.value:
             worker.dispatch(_attempt_of(doc), deadline, reserved=True)
         else:
@@ -429,33 +455,25 @@ class AsyncTask:
             raise InvalidParams(f"get_task_id refused the params: {exc}") from exc
         return check_task_id(task_id)
 
-    def _claim(self, worker: Worker) -> tuple[Attempt, datetime] | None:
-        """Claim the next due task for `worker`, within `max_concurrency` when it is set."""
+    def _claim(self, worker: Worker) -> tuple[Attempt, float] | None:
+        """Claim the next due task for `worker`, within `max_concurrency` when it is set; the
+        attempt and its deadline on the monotonic clock."""
         slot = self._limit.acquire() if self._limit is not None else None
         if self._limit is not None and slot is None:
             return None
-        deadline = utcnow() + self.task_timeout
-        doc = self._store.claim(self._store.claim_fields(worker.owner, worker.name, deadline))
+        deadline = time.monotonic() + self.task_timeout.total_seconds()
+        try:
+            doc = self._store.claim(self._store.claim_fields(worker.owner, worker.name))
+        except BaseException:
+            if slot is not None and self._limit is not None:
+                self._limit.free(slot)
+            raise
         if self._limit is not None and slot is not None:
             if doc is None:
                 self._limit.free(slot)
             else:
                 self._limit.bind(slot, doc["task_id"], doc["attempts"])
         return None if doc is None else (_attempt_of(doc), deadline)
-
-    def _sweep(self) -> None:
-        """Recovery, from the worker's loop: orphans back to the queue, stuck slots freed, old logs removed."""
-        requeued, failed = self._store.requeue_orphans(self.stale_after, self.max_attempts)
-        if requeued:
-            logger.warning("%s: %d task(s) of silent workers went back to the queue", self.name, requeued)
-            self._wake()
-        if failed:
-            logger.warning("%s: failed %d task(s) after %d lost workers", self.name, failed, self.max_attempts)
-            signals.task_finished.send(self, status=TaskStatus.FAILED.value, count=failed)
-        if self._limit is not None:
-            self._limit.reap(self.stale_after)
-        if self.result_ttl is not None:
-            expiry.remove_expired_logs(self.logger_dir, self.result_ttl, self._store.existing)
 
     def _progress_from_child(self, task_id: str, number: int, percent: float, message: str | None) -> None:
         """Progress a child process reported (already throttled there)."""

@@ -27,6 +27,9 @@ _TASK_ID = re.compile(TASK_ID_CHARS)
 MAX_WAIT = 60
 #: A MongoDB document may hold at most 16 MiB.
 MAX_BSON_SIZE = 16 * 1024 * 1024
+#: The longest duration an option may have (about 100 years): a date that far on still fits
+#: in a `datetime`, so no deadline, retry or expiry computed from it can overflow.
+MAX_DURATION = 100 * 365 * 24 * 3600.0
 #: `run()` takes this keyword for itself, so `main` cannot.
 RESERVED_PARAMS = ("task_id",)
 #: How deep params may nest; deeper input is refused before it is stored.
@@ -456,6 +459,8 @@ def duration(name: str, value: Any, *, optional: bool = False) -> timedelta | No
         raise TypeError(f"{name} must be {kind}seconds (int or float) or a timedelta, not {value!r}")
     if not seconds > 0:
         raise ValueError(f"{name} must be positive, not {value!r}")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{name} must be at most {MAX_DURATION:g} seconds (about 100 years), not {value!r}")
     return timedelta(seconds=seconds)
 
 

@@ -3,10 +3,10 @@
 Each interval of `poll_interval` an idle worker with a free slot claims the next due task (one
 query; none more until the next interval when nothing was due). Right after work was found it
 claims again as soon as a slot frees. Every `heartbeat_interval` it heartbeats the tasks it
-holds (one write), refreshes its entry in the worker registry, and sweeps: running tasks whose
-worker went silent go back to the queue (or fail after `max_attempts` lost workers), and
-concurrency slots of dead workers are freed. A sweep logs and swallows its own errors, so one
-bad task never stops the loop.
+holds (one write that bumps their counters; an attempt found taken away meanwhile is stopped),
+refreshes its entry in the worker registry, and runs the type's sweep if it holds the sweep
+lease (`sweep.Sweeper`). Attempt deadlines are on the monotonic clock: a clock step fails no
+attempt. Every step logs and swallows its own errors, so one bad task never stops the loop.
 
 `run_worker` is the `asynctask worker` command: a process that only runs tasks.
 """
@@ -22,13 +22,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from . import lifecycle
+from . import expiry, lifecycle, signals
 from .attempt import Attempt
 from .store.registry import worker_name
 from .store.tasks import utcnow
+from .sweep import Sweeper
 
 if TYPE_CHECKING:
     from .task import AsyncTask
@@ -52,8 +52,8 @@ class Worker:
         self.started_at = utcnow()
         self.stopping = False
         self._cond = threading.Condition()
-        #: Attempts occupying a slot, with their deadlines; an attempt leaves when its thread ends.
-        self._in_flight: dict[Attempt, datetime] = {}
+        #: Attempts occupying a slot, with their monotonic deadlines; an attempt leaves when its thread ends.
+        self._in_flight: dict[Attempt, float] = {}
         #: Attempts whose task this worker heartbeats: left once their outcome is recorded.
         self._held: set[Attempt] = set()
         self._reserved = 0
@@ -64,6 +64,13 @@ class Worker:
         self._thread: threading.Thread | None = None
         #: Notified whenever an attempt of this process ends, for long-polls.
         self.finished = threading.Condition()
+        self.sweeper = Sweeper(
+            task._store, task._workers, task._limit, owner=self.owner,
+            stale_after=task.stale_after.total_seconds(), interval=task.heartbeat_interval.total_seconds(),
+            max_attempts=task.max_attempts,
+            on_finished=lambda status, count: signals.emit(signals.task_finished, task, status=status, count=count),
+            on_requeued=self.wake,
+        )
 
     # -- slots --------------------------------------------------------------------------------
 
@@ -83,12 +90,20 @@ class Worker:
         with self._cond:
             self._reserved -= 1
 
-    def dispatch(self, attempt: Attempt, deadline: datetime, *, reserved: bool = False) -> None:
-        """Run a claimed attempt in a slot; the slot is free again once the attempt's thread ends."""
-        self._enter(attempt, deadline, reserved=reserved)
-        self.task._executors.slots().submit(self._work, attempt)
+    def dispatch(self, attempt: Attempt, deadline: float, *, reserved: bool = False) -> None:
+        """Run a claimed attempt in a slot; the slot is free again once the attempt's thread ends.
 
-    def _enter(self, attempt: Attempt, deadline: datetime, *, reserved: bool) -> None:
+        An executor that refuses the work (shut down, broken) fails the attempt, naming why,
+        and frees the slot at once.
+        """
+        self._enter(attempt, deadline, reserved=reserved)
+        try:
+            self.task._executors.slots().submit(self._work, attempt)
+        except Exception as exc:
+            _logged(lifecycle.refuse, self.task, self, attempt, exc)
+            self._ended(attempt)
+
+    def _enter(self, attempt: Attempt, deadline: float, *, reserved: bool) -> None:
         with self._cond:
             if reserved:
                 self._reserved -= 1
@@ -179,22 +194,18 @@ class Worker:
                     self._poll_now, self._poll_at = True, float("inf")
                 due = [now >= next_beat, claim and (self._poll_now or now >= next_poll),
                        bool(self._held) and now >= next_check]
-                watched = self._watched()
-                if not any(due) and not any(d <= utcnow() for d in watched.values()):
-                    waits = [next_beat]
+                waits = [next_beat, *self._watched().values()]
+                if not any(due) and min(waits) > now:
                     if self._held:
                         waits.append(next_check)
                     if claim:
                         waits += [next_poll, self._poll_at]
-                    left = min(waits) - now
-                    if watched:
-                        left = min(left, (min(watched.values()) - utcnow()).total_seconds())
-                    self._cond.wait(max(left, 0.005))
+                    self._cond.wait(max(min(waits) - now, 0.005))
                     continue
                 self._poll_now = False
             if due[0]:
                 next_beat = now + beat
-                self._sweep()
+                self._beat()
             for attempt in self._take_expired():
                 _logged(lifecycle.time_out, task, attempt)
                 self.let_go(attempt)
@@ -205,13 +216,13 @@ class Worker:
                 next_poll = now + poll
                 _logged(self._fill)
 
-    def _watched(self) -> dict[Attempt, datetime]:
+    def _watched(self) -> dict[Attempt, float]:
         """The deadlines to watch: of attempts not stopped already (a timed-out `main` may run on)."""
         with self._cond:
             return {a: deadline for a, deadline in self._in_flight.items() if a.stop_reason is None}
 
     def _take_expired(self) -> list[Attempt]:
-        now = utcnow()
+        now = time.monotonic()
         return [a for a, deadline in self._watched().items() if deadline <= now]
 
     def _fill(self) -> None:
@@ -233,16 +244,27 @@ class Worker:
         for task_id, number in self.task._store.cancel_requests(self.owner, [a.task_id for a in held]):
             self.stop_attempts(task_id, "cancelled", number)
 
-    def _sweep(self) -> None:
-        """Heartbeat, registry, orphans, concurrency slots, expired logs: each step on its own."""
-        task, store = self.task, self.task._store
-        _logged(store.heartbeat, self.owner, [a.task_id for a in self.held()])
+    def _beat(self) -> None:
+        """Heartbeat, registry, the type's sweep, expired logs: each step on its own."""
+        task = self.task
+        _logged(self._heartbeat)
         if self.claiming:
             with self._cond:
                 running = len(self._in_flight)
             _logged(task._workers.beat, self.owner, task.name, slots=self.capacity, running=running,
                     started_at=self.started_at)
-        _logged(task._sweep)
+            _logged(task._store.ensure_indexes)
+            _logged(self.sweeper.sweep)
+        if task.result_ttl is not None:
+            _logged(expiry.remove_expired_logs, task.logger_dir, task.result_ttl, task._store.existing)
+
+    def _heartbeat(self) -> None:
+        """Bump the counters of the tasks this worker holds; stop the attempts it lost meanwhile
+        (a sweep judged it silent and the task runs elsewhere: its writes are fenced)."""
+        held = self.held()
+        for task_id in self.task._store.heartbeat(self.owner, [a.task_id for a in held]):
+            logger.warning("task %s was given to another worker; its attempt here stops", task_id)
+            self.stop_attempts(task_id, "lost")
 
     # -- stopping -----------------------------------------------------------------------------
 
@@ -252,29 +274,46 @@ class Worker:
             self._cond.wait_for(lambda: not self._in_flight, timeout)
             return set(self._in_flight)
 
-    def stop(self, grace: float | None, *, release: bool = True) -> int:
-        """Take no new work; give running attempts `grace` seconds (None: wait for them), then
-        (with `release`) hand what is left back to the queue. Returns how many were left."""
+    def stop_claiming(self) -> None:
+        """Take no new work from now on (the first step of a graceful stop of the process)."""
         with self._cond:
             self.stopping = True
             self._cond.notify_all()
+
+    def stop(self, grace: float | None, *, release: bool = True) -> int:
+        """Take no new work; give running attempts `grace` seconds (None: wait for them), then
+        (with `release`) hand what is left back to the queue. Returns how many were left.
+
+        It always ends stopped, even when the database is down (what could not be released is
+        then an orphan that the sweep of another process puts back in the queue).
+        """
+        self.stop_claiming()
         left = self.drain(grace)
-        released = 0
-        if left and release:
-            released = self.task._store.release(self.owner, [a.task_id for a in left])
-            for attempt in left:
-                attempt.stop("shutdown")
-            if released:
-                logger.info("released %d unfinished task(s) of %s to the queue", released, self.name)
-        with self._cond:
-            self._stopped = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
-        if self.claiming:
-            _logged(self.task._workers.leave, self.owner, self.task.name)
+        try:
+            if left and release:
+                self._release(left)
+        finally:
+            with self._cond:
+                self._stopped = True
+                self._cond.notify_all()
+                thread = self._thread
+            if thread is not None and thread is not threading.current_thread():
+                thread.join()
+            if self.claiming:
+                _logged(self.task._workers.leave, self.owner, self.task.name)
+                self.sweeper.give_up()
         return len(left)
+
+    def _release(self, left: set[Attempt]) -> None:
+        """Hand unfinished attempts back to the queue (`cancelled` where a cancel was asked)."""
+        released = 0
+        for attempt in left:
+            attempt.stop("shutdown")
+            if _logged(self.task._store.release, self.owner, attempt.task_id, attempt.number) is not None:
+                released += 1
+            self.let_go(attempt)
+        if released:
+            logger.info("released %d unfinished task(s) of %s", released, self.name)
 
 
 def _logged(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -319,7 +358,7 @@ def run_worker(targets: list[str], *, concurrency: int | None = None, grace: flo
     On the signal it takes no new work, gives running tasks `grace` seconds, releases the
     rest to the queue and returns 0.
     """
-    from .instances import autostart
+    from .instances import autostart, shutdown_all
 
     with autostart(False):
         tasks = load_tasks(targets)
@@ -333,7 +372,7 @@ def run_worker(targets: list[str], *, concurrency: int | None = None, grace: flo
     print(f"asynctask worker {worker_name()} ready: {names} (slots: {slots})", flush=True)
     while not stop.wait(1.0):
         pass  # a timed wait, so the signal handler runs promptly in the main thread
-    released = sum(task.shutdown(wait=True, grace=grace) for task in tasks)
+    released = shutdown_all(grace)
     print(f"asynctask worker {worker_name()} stopped ({released} task(s) released)", flush=True)
     if released:
         # Their `main` threads cannot be interrupted: exit now rather than wait for them.

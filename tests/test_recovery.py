@@ -1,12 +1,14 @@
 """Recovery within one process: heartbeats, orphan takeover, max_attempts, graceful release.
 
-Orphans are made by back-dating heartbeats or naming an owner that no longer exists; the
-real thing, with killed processes, is in test_durability.py.
+Orphans are made by naming an owner that no longer exists, whose heartbeat counter then never
+moves; a sweeper on a fake monotonic clock judges them. The real thing, with killed processes,
+is in test_durability.py.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -15,6 +17,7 @@ from waiting import wait_until
 
 from asynctask.errors import ShuttingDown
 from asynctask.store.tasks import TaskStore, utcnow
+from asynctask.sweep import Sweeper
 
 FAST = {"heartbeat_interval": 0.05, "stale_after": 0.3}
 
@@ -46,12 +49,40 @@ def test_orphan_out_of_attempts_fails_with_worker_lost(make_task, wait_for, memo
     assert task.calls == 0
 
 
+def judge(task, clock, owner="judge"):
+    """A sweeper of `task`'s type on a fake monotonic clock, as another process would run it."""
+    return Sweeper(task._store, task._workers, task._limit, owner=owner, stale_after=task.stale_after.total_seconds(),
+                   interval=task.heartbeat_interval.total_seconds(), max_attempts=task.max_attempts,
+                   on_finished=lambda *_: None, on_requeued=lambda: None, clock=clock)
+
+
+class FakeClock:
+    """A monotonic clock the test moves; each read advances it a little, like a quick round trip."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        self.now += 0.001
+        return self.now
+
+
+def sweep_for(sweeper, clock, seconds, step):
+    """Sweep every `step` seconds of fake time for `seconds`."""
+    for _ in range(int(seconds / step) + 1):
+        sweeper.sweep()
+        clock.now += step
+
+
 def test_an_orphan_waits_in_the_queue_until_a_slot_is_free(make_task, wait_for, memory):
     task = make_task(Gate, memory, max_worker=1, heartbeat_interval=60, poll_interval=0.05)
     task.run(name="busy")
     assert task.started.wait(5)
     orphan(memory, "waiting", {"name": "waiting"}, task_type="Gate")
-    task._sweep()
+    clock = FakeClock()
+    # The task's own worker holds the sweep lease: the judge takes it over once it stayed
+    # silent for stale_after, then watches the orphan for stale_after.
+    sweep_for(judge(task, clock), clock, 2 * task.stale_after.total_seconds() + 90, 30)
     doc = memory.find_one({"task_id": "waiting"})
     assert (doc["status"], doc.get("owner"), doc["attempts"]) == ("queued", None, 1)
     task.gate.set()
@@ -64,17 +95,28 @@ def test_concurrent_sweepers_requeue_each_orphan_once(make_task, wait_for, memor
         orphan(memory, f"o{i}", {"value": i})
     first = make_task(Echo, memory, max_worker=10, heartbeat_interval=60, poll_interval=0.05)
     second = make_task(Echo, memory, max_worker=10, heartbeat_interval=60, poll_interval=0.05)
+    clock = FakeClock()
+    judges = [judge(first, clock, "j1"), judge(second, clock, "j2")]
+    for sweeper in judges:  # both watch at once, as if each believed it held the lease
+        sweeper.lease.hold = lambda: True
+    stale = first.stale_after.total_seconds()
+    for _ in range(int(stale / 30)):
+        for sweeper in judges:
+            sweeper.sweep()
+        clock.now += 30
+    assert {d["lost"] for d in memory.find({})} == {0}, "not silent for stale_after yet"
     barrier = threading.Barrier(2)
 
-    def sweep(task):
+    def sweep(sweeper):
         barrier.wait()
-        task._sweep()
+        sweeper.sweep()
 
-    threads = [threading.Thread(target=sweep, args=(t,)) for t in (first, second)]
+    threads = [threading.Thread(target=sweep, args=(j,)) for j in judges]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    assert {d["lost"] for d in memory.find({})} == {1}, "each orphan went back to the queue once"
     first.start()
     second.start()
     for i in range(10):
@@ -87,11 +129,14 @@ def test_heartbeats_keep_a_long_task_from_being_taken(make_task, memory):
     rival = make_task(Gate, memory, **FAST)
     owner.run(name="long")
     assert owner.started.wait(5)
-    started = memory.find_one({"task_id": "long"})["started_at"]
-    wait_until(lambda: (utcnow().replace(tzinfo=None) - started.replace(tzinfo=None)).total_seconds() > 0.6)
-    rival._sweep()
+    sweeper = judge(rival, time.monotonic)
+    deadline = time.monotonic() + 4 * rival.stale_after.total_seconds()
+    while time.monotonic() < deadline:
+        sweeper.sweep()
+        time.sleep(rival.heartbeat_interval.total_seconds())
     doc = memory.find_one({"task_id": "long"})
     assert doc["attempts"] == 1 and doc["status"] == "running" and rival.calls == 0
+    assert doc["beats"] > 3, "the owner's heartbeats moved the counter the judge watches"
 
 
 def test_graceful_shutdown_releases_unfinished_tasks_at_once(tmp_path, make_task, wait_for, memory):
@@ -125,20 +170,22 @@ def test_shutdown_with_grace_lets_quick_tasks_finish(tmp_path, wait_for, memory)
     assert memory.find_one({"task_id": task_id})["status"] == "success"
 
 
-def test_store_sweep_operations(memory):
+def test_store_orphan_moves_are_fenced_by_the_counter(memory):
     store = TaskStore(memory, "Echo")
     orphan(memory, "a", {}, attempts=1)
     orphan(memory, "b", {}, attempts=3, lost=2)
-    orphan(memory, "fresh", {}, attempts=1, age=0)
-    orphan(memory, "other-type", {}, attempts=1, task_type="Other")
-    assert store.requeue_orphans(timedelta(seconds=30), max_attempts=3) == (1, 1)
-    assert memory.find_one({"task_id": "b"})["status"] == "failed"
+    memory.update_many({}, {"$set": {"beats": 7}})
+    assert store.requeue_orphan("a", 1, beats=6, max_attempts=3) is None, "a beat landed since it was read"
+    assert store.requeue_orphan("a", 1, beats=7, max_attempts=3) == "queued"
+    assert store.requeue_orphan("b", 3, beats=7, max_attempts=3) == "failed"
+    assert memory.find_one({"task_id": "b"})["error"].startswith("worker lost")
     requeued = memory.find_one({"task_id": "a"})
     assert (requeued["status"], requeued["attempts"], requeued["lost"]) == ("queued", 1, 1)
-    assert "owner" not in requeued and "heartbeat_at" not in requeued
-    assert memory.find_one({"task_id": "other-type"})["status"] == "running", "a type sweeps only its own tasks"
-    claimed = store.claim(store.claim_fields("me", "host:1", utcnow() + timedelta(hours=1)))
+    assert not {"owner", "heartbeat_at", "beats"} & set(requeued)
+    claimed = store.claim(store.claim_fields("me", "host:1"))
     assert claimed["task_id"] == "a" and claimed["owner"] == "me" and claimed["attempts"] == 2
-    assert store.release("me", ["a", "fresh"]) == 1
+    assert store.release("me", "a", 1) is None, "an old attempt releases nothing"
+    assert store.release("other", "a", 2) is None, "another worker releases nothing"
+    assert store.release("me", "a", 2) == "queued"
     released = memory.find_one({"task_id": "a"})
     assert released["status"] == "queued" and "owner" not in released and released["attempts"] == 2

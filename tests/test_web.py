@@ -23,7 +23,7 @@ from asynctask.status import FINISHED
 
 ENVELOPE_KEYS = {"status", "data", "error_data", "error_msg"}
 PUBLIC_TIMES = ("created_at", "started_at", "finished_at", "update_time")
-INTERNAL_FIELDS = ("_id", "owner", "heartbeat_at", "deadline")
+INTERNAL_FIELDS = ("_id", "owner", "heartbeat_at", "beats", "deadline")
 MiB = 1024 * 1024
 
 #: Ids the API refuses, by the name pytest shows for each.
@@ -221,13 +221,13 @@ def test_post_answers_202_with_location_and_the_task_succeeds(serve):
 
 
 def test_public_view_of_a_running_task_hides_internal_fields(serve):
-    """While a task runs its document holds owner, heartbeat and deadline; GET shows none."""
+    """While a task runs its document holds owner and heartbeat; GET shows none."""
     task, client = serve(Gate)
     task_id = envelope(client.post("/api", json={"data": {"name": "held"}}), 202)["data"]["task_id"]
     assert task.started.wait(10)
 
     stored = task.collection.find_one({"task_id": task_id})
-    assert {"owner", "heartbeat_at", "deadline"} <= set(stored)
+    assert {"owner", "heartbeat_at", "beats"} <= set(stored)
     view = envelope(client.get(f"/api/{task_id}"), 200)["data"]
     assert view["status"] == "running"
     for name in INTERNAL_FIELDS:

@@ -105,3 +105,16 @@ def _warn_if_not_shared() -> None:
         "reaching another worker than the one holding its task answers 404. Set %s to a MongoDB "
         "URI to share tasks, or serve with one worker.", os.getpid(), _workers - 1, ENV_URI,
     )
+
+
+def majority(collection: Any) -> Any:
+    """`collection` with majority write concern when it is a MongoDB collection (a write
+    acknowledged then survives a failover: this needs a replica set without arbiters);
+    any other store as it is."""
+    from pymongo.collection import Collection
+    from pymongo.write_concern import WriteConcern
+
+    if isinstance(collection, (Collection, LazyMongoCollection)):
+        return collection.with_options(write_concern=WriteConcern(w="majority"))
+    return collection
+

@@ -1,7 +1,10 @@
 """What workers share besides the task documents, in two small companion collections.
 
 - `<tasks>.workers`: one document per worker process and task type (host, pid, slots, running,
-  started, last heartbeat), refreshed with each heartbeat; `GET /workers` lists the live ones.
+  started, last heartbeat, and a `beat` counter each heartbeat bumps); `GET /workers` lists
+  them. The sweep removes an entry whose counter stopped (`liveness`), so dead workers are
+  forgotten without comparing clocks; a clean stop removes its own. The same collection holds
+  the sweep lease of each task type (`kind: "lease"`, no `type`).
 - `<tasks>.slots`: `max_concurrency` slot documents per capped task type. A worker takes a free
   slot (one atomic `find_one_and_update`) before it claims a task, and frees it when the
   attempt ends. A slot whose task no longer runs with that attempt (its worker was killed) is
@@ -14,13 +17,14 @@ import logging
 import os
 import socket
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from ..jsonable import as_utc
+from ..liveness import Silence
 from ..status import TaskStatus
 from .tasks import utcnow
 
@@ -59,7 +63,7 @@ class Workers:
             {"$set": {
                 "owner": owner, "worker": f"{host}:{pid}", "host": host, "pid": int(pid), "type": task_type,
                 "slots": slots, "running": running, "started_at": started_at, "heartbeat_at": now or utcnow(),
-            }},
+            }, "$inc": {"beat": 1}},
             upsert=True,
         )
 
@@ -67,14 +71,22 @@ class Workers:
         """Remove this worker's entry for `task_type` (a clean stop)."""
         self.collection.delete_one({"_id": f"{owner}/{task_type}"})
 
-    def live(self, types: Iterable[str], stale_after: timedelta, now: datetime | None = None) -> list[dict[str, Any]]:
-        """Live workers serving any of `types`, one entry per process (`host:pid`) with its types
-        added up. `running` is counted from the task documents now (the `claim` index's
+    def beats(self, task_type: str) -> dict[str, int | None]:
+        """The `beat` counter of each registered worker of `task_type`, by entry id."""
+        cursor = self.collection.find({"type": task_type}, {"_id": 1, "beat": 1})
+        return {doc["_id"]: doc.get("beat") for doc in cursor}
+
+    def forget(self, entry_id: str, beat: int | None) -> bool:
+        """Remove a silent worker's entry, unless it beat since `beat` was read."""
+        return self.collection.delete_one({"_id": entry_id, "beat": beat}).deleted_count == 1
+
+    def live(self, types: Iterable[str]) -> list[dict[str, Any]]:
+        """Registered workers serving any of `types`, one entry per process (`host:pid`) with its
+        types added up. `running` is counted from the task documents now (the `claim` index's
         (type, status) prefix serves it), not taken from the last heartbeat."""
         types = list(types)
-        since = (now or utcnow()) - stale_after
         merged: dict[str, dict[str, Any]] = {}
-        for doc in self.collection.find({"type": {"$in": types}, "heartbeat_at": {"$gte": since}}):
+        for doc in self.collection.find({"type": {"$in": types}}):
             entry = merged.setdefault(doc["worker"], {
                 "worker": doc["worker"], "host": doc["host"], "pid": doc["pid"], "types": [],
                 "slots": 0, "running": 0, "started_at": as_utc(doc["started_at"]),
@@ -101,7 +113,7 @@ def live_workers(tasks: Iterable[Any]) -> list[dict[str, Any]]:
     types = sorted({task.name for task in tasks})
     found: dict[str, dict[str, Any]] = {}
     for task in {id(task.collection): task for task in tasks}.values():
-        for entry in task._workers.live(types, task.stale_after):
+        for entry in task._workers.live(types):
             found.setdefault(entry["worker"], entry)
     return sorted(found.values(), key=lambda w: (w["host"], w["pid"]))
 
@@ -158,21 +170,25 @@ class ConcurrencySlots:
             {"$set": {"holder": None}, "$unset": {"attempt": ""}},
         )
 
-    def reap(self, stale_after: timedelta, now: datetime | None = None) -> int:
-        """Free slots whose attempt no longer runs (a killed worker's), or whose claim stalled."""
-        now = now or utcnow()
+    def reap(self, stalled: Silence[str]) -> int:
+        """Free slots whose attempt no longer runs (a killed worker's), or whose claim stalled:
+        taken for a claim whose `held_at` mark `stalled` saw unchanged for `stale_after`."""
+        started = stalled.clock()
+        slots = list(self.collection.find({"type": self.type, "holder": {"$ne": None}}))
+        claiming = {slot["_id"]: slot.get("held_at") for slot in slots if slot["holder"] == _CLAIMING}
+        given_up = set(stalled.observe(claiming, started, stalled.clock()))
         freed = 0
-        for slot in self.collection.find({"type": self.type, "holder": {"$ne": None}}):
+        for slot in slots:
             holder, attempt = slot["holder"], slot.get("attempt")
             if holder == _CLAIMING:
-                if as_utc(slot["held_at"]) > now - stale_after:
+                if slot["_id"] not in given_up:
                     continue
             elif self.tasks.find_one(
                 {"task_id": holder, "attempts": attempt, "status": TaskStatus.RUNNING.value}, {"_id": 1}
             ) is not None:
                 continue
             freed += self.collection.update_one(
-                {"_id": slot["_id"], "holder": holder, "held_at": slot["held_at"]},
+                {"_id": slot["_id"], "holder": holder, "held_at": slot.get("held_at")},
                 {"$set": {"holder": None}, "$unset": {"attempt": ""}},
             ).modified_count
         return freed

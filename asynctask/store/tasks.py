@@ -37,6 +37,7 @@ from pymongo.errors import DuplicateKeyError
 from ..errors import InvalidTransition, TaskIdTaken, TaskNotFound
 from ..jsonable import as_utc, jsonable
 from ..status import ACTIVE, ALLOWED_FROM, FINISHED, RERUNNABLE, TaskStatus
+from .connection import majority
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,8 @@ PUBLIC_FIELDS = (
     "progress", "next_retry_at", "trace_id", "priority", "run_at", "queued_at", "worker",
 )
 _PUBLIC_PROJECTION = {"_id": 0, **{name: 1 for name in PUBLIC_FIELDS}}
-#: What a task carries only while an attempt of it runs.
-_ATTEMPT_FIELDS = ("owner", "worker", "heartbeat_at", "deadline", "cancel_requested")
+#: What a task carries only while an attempt of it runs (`deadline` only on tasks of 0.2).
+_ATTEMPT_FIELDS = ("owner", "worker", "heartbeat_at", "beats", "deadline", "cancel_requested")
 #: What a new submission starts without.
 _RESET_ON_SUBMIT = (
     "result", "error", "started_at", "finished_at", "progress", "expire_at", "next_retry_at", *_ATTEMPT_FIELDS,
@@ -75,6 +76,13 @@ class TaskStore:
         self.result_ttl = result_ttl
         self._indexed = False
 
+    @property
+    def _decisive(self) -> Any:
+        """The collection for the writes a failover must not roll back (claims, status moves):
+        majority write concern on MongoDB, so an acknowledged claim's attempt number is never
+        reused. Looked up on use: a lazy collection connects in each process, after a fork."""
+        return majority(self.collection)
+
     def ensure_indexes(self) -> None:
         """Create the indexes (idempotent; once per store object)."""
         if self._indexed:
@@ -92,6 +100,27 @@ class TaskStore:
         if self.result_ttl is not None:
             create([("expire_at", ASCENDING)], expireAfterSeconds=0, name="expire_at_ttl")
         self._indexed = True
+        self.migrate()
+
+    def migrate(self, now: datetime | None = None) -> int:
+        """Adopt the tasks 0.1 stored (no `type`, `run_at`, `priority`): they become this type's,
+        due now, and a queued one loses the owner 0.1 gave it. Returns how many were adopted.
+
+        0.1 served one task type per collection. One indexed `find_one` when there is nothing
+        to do, which is every start after the first.
+        """
+        if self.collection.find_one({"type": None}, {"_id": 1}) is None:
+            return 0
+        now = now or utcnow()
+        adopt = {"type": self.type, "run_at": now, "priority": 0, "lost": 0, "retries": 0}
+        queued = self.collection.update_many(
+            {"type": None, "status": TaskStatus.QUEUED.value},
+            {"$set": adopt, "$unset": {name: "" for name in _ATTEMPT_FIELDS}},
+        ).modified_count
+        others = self.collection.update_many({"type": None}, {"$set": adopt}).modified_count
+        if queued + others:
+            logger.info("%s: adopted %d task(s) stored by asynctask 0.1", self.type, queued + others)
+        return queued + others
 
     # -- submission and claim -----------------------------------------------------------------
 
@@ -102,11 +131,11 @@ class TaskStore:
         *,
         priority: int = 0,
         run_at: datetime | None = None,
-        stale_after: timedelta,
         rerun_after: timedelta | None = None,
         trace_id: str | None = None,
         claim_for: Mapping[str, Any] | None = None,
         stored: bool = False,
+        only_new: bool = False,
         now: datetime | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Submit the task if the run rule allows it, in one atomic operation.
@@ -115,14 +144,15 @@ class TaskStore:
         `claim_for` (the fields `claim_fields()` gives) it is stored `running` for that worker
         at once instead, which saves the claim's round trip when the submitting process has a
         free slot. A task id not `stored` yet is first inserted (the unique index refuses a
-        second one); an existing document gets the run rule's upsert. Returns the task's
+        second one); an existing document gets the run rule's upsert, unless `only_new` (a
+        schedule's tick: an id taken already is never submitted again). Returns the task's
         document and whether this call submitted it; when the task exists and may not run
         again, its document is returned unsubmitted.
         """
         self.ensure_indexes()
         now = now or utcnow()
         due = max(run_at, now) if run_at is not None else now
-        query = {"task_id": task_id, "type": self.type, "$or": _claimable(now, stale_after, rerun_after)}
+        query = {"task_id": task_id, "type": self.type, "$or": _claimable(now, rerun_after)}
         fields: dict[str, Any] = {
             "type": self.type, "params": dict(params), "params_text": _searchable(params),
             "priority": priority, "run_at": due,
@@ -141,13 +171,17 @@ class TaskStore:
         if not stored:
             new = {**fields, "task_id": task_id, "created_at": now, "attempts": update.get("$inc", {}).get("attempts", 0)}
             try:
-                self.collection.insert_one(new)
+                self._decisive.insert_one(new)
                 return new, True
             except DuplicateKeyError:
-                pass  # it exists: the run rule decides
+                if only_new:
+                    existing = self.collection.find_one({"task_id": task_id})
+                    if existing is not None:
+                        return existing, False
+                # it exists: the run rule decides
         for _ in range(_SUBMIT_TRIES):
             try:
-                doc = self.collection.find_one_and_update(
+                doc = self._decisive.find_one_and_update(
                     query, update, upsert=True, return_document=ReturnDocument.AFTER
                 )
                 return doc, True
@@ -176,7 +210,7 @@ class TaskStore:
         )
         # The document as it was (cheaper than reading it back in the in-memory store), brought
         # up to date here with what the update wrote.
-        doc = self.collection.find_one_and_update(
+        doc = self._decisive.find_one_and_update(
             {**query, "run_at": {"$lte": now}}, update,
             sort=[("priority", DESCENDING), ("run_at", ASCENDING)], return_document=ReturnDocument.BEFORE,
         )
@@ -188,9 +222,10 @@ class TaskStore:
         return doc
 
     @staticmethod
-    def claim_fields(owner: str, worker: str, deadline: datetime, now: datetime | None = None) -> dict[str, Any]:
-        """What a claim writes about the worker that runs the attempt."""
-        return {"owner": owner, "worker": worker, "deadline": deadline, "heartbeat_at": now or utcnow()}
+    def claim_fields(owner: str, worker: str, now: datetime | None = None) -> dict[str, Any]:
+        """What a claim writes about the worker that runs the attempt. `beats` is the counter its
+        heartbeats bump; `heartbeat_at` (the worker's own clock) is shown, never compared."""
+        return {"owner": owner, "worker": worker, "heartbeat_at": now or utcnow(), "beats": 0}
 
     def stored_params(self, task_id: str) -> dict[str, Any]:
         """The params a stored task was submitted with; `TaskNotFound` if there is no task."""
@@ -224,7 +259,7 @@ class TaskStore:
         query.update(match or {}, task_id=task_id)
         if attempt is not None:
             query["attempts"] = attempt
-        return self.collection.update_one(query, update).matched_count == 1
+        return self._decisive.update_one(query, update).matched_count == 1
 
     def transition_many(
         self,
@@ -239,7 +274,7 @@ class TaskStore:
     ) -> int:
         """`transition` for every task of this type matching `query`; returns how many moved."""
         move, update = self._move(to, only_from, fields, unset, inc, now)
-        return self.collection.update_many({**query, **move}, update).modified_count
+        return self._decisive.update_many({**query, **move}, update).modified_count
 
     def _move(
         self, to: TaskStatus | str, only_from: tuple[str, ...] | None, fields: Mapping[str, Any] | None,
@@ -296,64 +331,100 @@ class TaskStore:
         )
 
     def retry_later(self, task_id: str, attempt: int, *, retries: int, error: str, at: datetime,
-                    now: datetime | None = None) -> bool:
+                    now: datetime | None = None) -> str | None:
         """Put a failed attempt back in the queue, due at `at`; no worker waits for it meanwhile."""
-        return self.transition(
-            task_id, TaskStatus.QUEUED, attempt=attempt, now=now, only_from=(TaskStatus.RUNNING.value,),
-            fields={"retries": retries, "next_retry_at": at, "run_at": at, "error": error},
-            unset=(*_ATTEMPT_FIELDS, "started_at"),
+        return self.back_to_queue(
+            task_id, attempt, now=now, fields={"retries": retries, "next_retry_at": at, "run_at": at, "error": error},
         )
 
-    def release(self, owner: str, task_ids: list[str], now: datetime | None = None) -> int:
-        """Hand a stopping worker's running tasks back to the queue, due now, for any worker."""
-        if not task_ids:
-            return 0
+    def release(self, owner: str, task_id: str, attempt: int, now: datetime | None = None) -> str | None:
+        """Hand a stopping worker's running attempt back to the queue, due now, for any worker."""
         now = now or utcnow()
-        return self.transition_many(
-            {"task_id": {"$in": task_ids}, "owner": owner}, TaskStatus.QUEUED, now=now,
-            only_from=(TaskStatus.RUNNING.value,), fields={"run_at": now}, unset=(*_ATTEMPT_FIELDS, "started_at"),
-        )
+        return self.back_to_queue(task_id, attempt, now=now, match={"owner": owner}, fields={"run_at": now})
 
-    def requeue_orphans(self, stale_after: timedelta, max_attempts: int, now: datetime | None = None) -> tuple[int, int]:
-        """Running tasks whose worker stopped heartbeating: back to the queue, or `failed` once
-        their workers were lost `max_attempts` times. Returns (requeued, failed)."""
+    def back_to_queue(
+        self, task_id: str, attempt: int, *, fields: Mapping[str, Any], match: Mapping[str, Any] | None = None,
+        inc: Mapping[str, int] | None = None, now: datetime | None = None,
+    ) -> str | None:
+        """The one way a running attempt's task goes back to the queue (a retry, a release, an
+        orphan): `queued` without owner, or `cancelled` when a cancel was asked meanwhile, so a
+        queued task never carries a cancel request. Fenced by `attempt` and `match`; returns the
+        status written, or None when the attempt is no longer the task's current one.
+        """
         now = now or utcnow()
-        silent = {"heartbeat_at": {"$lt": now - stale_after}}
         running = (TaskStatus.RUNNING.value,)
-        failed = self.transition_many(
-            {**silent, "lost": {"$gte": max_attempts - 1}}, TaskStatus.FAILED, now=now, only_from=running,
+        for _ in range(_SUBMIT_TRIES):
+            if self.transition(
+                task_id, TaskStatus.CANCELLED, attempt=attempt, now=now, only_from=running,
+                match={**(match or {}), "cancel_requested": True},
+                fields={"finished_at": now, "error": "cancelled"}, unset=(*_ATTEMPT_FIELDS, "next_retry_at"),
+            ):
+                return TaskStatus.CANCELLED.value
+            if self.transition(
+                task_id, TaskStatus.QUEUED, attempt=attempt, now=now, only_from=running,
+                match={**(match or {}), "cancel_requested": {"$ne": True}},
+                fields=fields, unset=(*_ATTEMPT_FIELDS, "started_at"), inc=inc,
+            ):
+                return TaskStatus.QUEUED.value
+            if not self.collection.find_one({**(match or {}), "task_id": task_id, "attempts": attempt,
+                                             "status": TaskStatus.RUNNING.value}, {"_id": 1}):
+                return None
+            # A cancel request landed between the two writes: the first one applies now.
+        return None
+
+    def running_beats(self) -> dict[tuple[str, int], int | None]:
+        """The heartbeat counter of each running task of this type, by (task id, attempt);
+        served by the (type, status) prefix of the `orphans` index."""
+        cursor = self.collection.find(
+            {"type": self.type, "status": TaskStatus.RUNNING.value}, {"_id": 0, "task_id": 1, "attempts": 1, "beats": 1}
+        )
+        return {(doc["task_id"], doc.get("attempts", 0)): doc.get("beats") for doc in cursor}
+
+    def requeue_orphan(self, task_id: str, attempt: int, beats: int | None, max_attempts: int,
+                       now: datetime | None = None) -> str | None:
+        """A running attempt whose heartbeat counter stayed at `beats` (its worker went silent):
+        back to the queue, or `failed` once its workers were lost `max_attempts` times, or
+        `cancelled` if a cancel was asked. Fenced by the counter: a beat that lands first wins.
+        Returns the status written, or None."""
+        now = now or utcnow()
+        silent = {"beats": beats}
+        if self.transition(
+            task_id, TaskStatus.FAILED, attempt=attempt, now=now, only_from=(TaskStatus.RUNNING.value,),
+            match={**silent, "lost": {"$gte": max_attempts - 1}, "cancel_requested": {"$ne": True}},
             fields={"finished_at": now,
                     "error": f"worker lost: the task's worker stopped in each of {max_attempts} attempt(s)"},
             unset=_ATTEMPT_FIELDS,
-        )
-        requeued = self.transition_many(
-            {**silent, "lost": {"$lt": max_attempts - 1}}, TaskStatus.QUEUED, now=now, only_from=running,
-            fields={"run_at": now}, unset=(*_ATTEMPT_FIELDS, "started_at"), inc={"lost": 1},
-        )
-        return requeued, failed
+        ):
+            return TaskStatus.FAILED.value
+        return self.back_to_queue(task_id, attempt, match=silent, fields={"run_at": now}, inc={"lost": 1}, now=now)
 
     def request_cancel(self, task_id: str, now: datetime | None = None) -> str:
         """Cancel a queued task at once, or ask a running task's worker to stop it.
 
-        Returns the status the task is left in: "cancelled" or "running" (stop requested).
-        Raises `TaskNotFound` for an unknown task, `InvalidTransition` for a finished one.
+        Each try is one atomic write whose answer is the truth at that instant: "cancelled" (it
+        was queued), "running" (the stop is requested; any later way back to the queue ends it
+        `cancelled`). A task that moved between the two writes is tried again. Raises
+        `TaskNotFound` for an unknown task, `InvalidTransition` for a finished one.
         """
         now = now or utcnow()
-        if self.transition(
-            task_id, TaskStatus.CANCELLED, only_from=(TaskStatus.QUEUED.value,), now=now,
-            fields={"finished_at": now, "error": "cancelled before it started"},
-            unset=(*_ATTEMPT_FIELDS, "next_retry_at"), inc=_CANCELLED_IN_QUEUE,
-        ):
-            return TaskStatus.CANCELLED.value
-        if self.collection.update_one(
-            {"task_id": task_id, "type": self.type, "status": TaskStatus.RUNNING.value},
-            {"$set": {"cancel_requested": True, "update_time": now}},
-        ).matched_count:
-            return TaskStatus.RUNNING.value
-        doc = self.collection.find_one({"task_id": task_id, "type": self.type}, {"status": 1})
-        if doc is None:
-            raise TaskNotFound(f"task {task_id!r} not found")
-        raise InvalidTransition(f"task {task_id!r} is {doc.get('status')} and cannot be cancelled")
+        for _ in range(_SUBMIT_TRIES):
+            if self.transition(
+                task_id, TaskStatus.CANCELLED, only_from=(TaskStatus.QUEUED.value,), now=now,
+                fields={"finished_at": now, "error": "cancelled before it started"},
+                unset=(*_ATTEMPT_FIELDS, "next_retry_at"), inc=_CANCELLED_IN_QUEUE,
+            ):
+                return TaskStatus.CANCELLED.value
+            if self.collection.update_one(
+                {"task_id": task_id, "type": self.type, "status": TaskStatus.RUNNING.value},
+                {"$set": {"cancel_requested": True, "update_time": now}},
+            ).matched_count:
+                return TaskStatus.RUNNING.value
+            doc = self.collection.find_one({"task_id": task_id, "type": self.type}, {"status": 1})
+            if doc is None:
+                raise TaskNotFound(f"task {task_id!r} not found")
+            if doc.get("status") not in ACTIVE:
+                raise InvalidTransition(f"task {task_id!r} is {doc.get('status')} and cannot be cancelled")
+        raise InvalidTransition(f"task {task_id!r} kept changing while it was cancelled")
 
     def bulk(self, action: str, *, status: str | None = None, task_ids: list[str] | None = None,
              now: datetime | None = None) -> dict[str, int]:
@@ -392,18 +463,22 @@ class TaskStore:
 
     # -- what a worker does for the tasks it holds ------------------------------------------
 
-    def heartbeat(self, owner: str, task_ids: list[str], now: datetime | None = None) -> int:
-        """Stamp the running tasks this worker holds, in one write; returns how many it touched.
+    def heartbeat(self, owner: str, task_ids: list[str], now: datetime | None = None) -> set[str]:
+        """Bump the heartbeat counter of the running tasks this worker holds, in one write.
 
         Only the tasks named: one whose outcome could not be recorded is dropped from the list
-        and so becomes an orphan that runs again.
+        and so becomes an orphan that runs again. Returns the ids no longer this worker's
+        (a sweep judged it lost meanwhile): their attempts should stop, their writes are fenced.
         """
         if not task_ids:
-            return 0
-        return self.collection.update_many(
-            {"task_id": {"$in": task_ids}, "owner": owner, "status": TaskStatus.RUNNING.value},
-            {"$set": {"heartbeat_at": now or utcnow()}},
-        ).modified_count
+            return set()
+        mine = {"task_id": {"$in": task_ids}, "owner": owner, "status": TaskStatus.RUNNING.value}
+        touched = self.collection.update_many(
+            mine, {"$set": {"heartbeat_at": now or utcnow()}, "$inc": {"beats": 1}},
+        ).matched_count
+        if touched == len(set(task_ids)):
+            return set()
+        return set(task_ids) - {doc["task_id"] for doc in self.collection.find(mine, {"_id": 0, "task_id": 1})}
 
     def cancel_requests(self, owner: str, task_ids: list[str]) -> list[tuple[str, int]]:
         """(task_id, attempt) of this worker's running tasks that someone asked to cancel."""
@@ -531,13 +606,14 @@ def _searchable(params: Mapping[str, Any]) -> str:
     return json.dumps(jsonable(dict(params)), sort_keys=True, ensure_ascii=False)[:_SEARCHABLE_CHARS]
 
 
-def _claimable(now: datetime, stale_after: timedelta, rerun_after: timedelta | None) -> list[dict[str, Any]]:
+def _claimable(now: datetime, rerun_after: timedelta | None) -> list[dict[str, Any]]:
     """The run rule as query clauses: a document matching one may be submitted again."""
     clauses: list[dict[str, Any]] = [
         {"status": {"$in": list(RERUNNABLE)}},
         {"status": {"$exists": False}},
-        {"status": TaskStatus.RUNNING.value, "heartbeat_at": {"$not": {"$gte": now - stale_after}}},
-        {"status": TaskStatus.RUNNING.value, "deadline": {"$lt": now}},
+        # Running with no worker: nothing will ever finish it. A silent worker's task is put
+        # back in the queue by the sweep, which judges silence without comparing clocks.
+        {"status": TaskStatus.RUNNING.value, "owner": None},
     ]
     if rerun_after is not None:
         clauses.append({"status": TaskStatus.SUCCESS.value, "update_time": {"$lt": now - rerun_after}})
