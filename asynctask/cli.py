@@ -160,6 +160,22 @@ def worker_command(targets: tuple[str, ...], concurrency: int | None, grace: flo
     return run_worker(list(targets), concurrency=concurrency or None, grace=grace)
 
 
+@cli.command("migrate", epilog=EPILOG)
+@click.argument("targets", metavar="MODULE:OBJ...", nargs=-1, required=True)
+def migrate_command(targets: tuple[str, ...]) -> int:
+    """Adopt the tasks asynctask 0.1 stored as tasks of each MODULE:OBJ's type (workers also do
+    it when they start); prints how many."""
+    from .instances import autostart
+    from .worker import load_tasks
+
+    with autostart(False):
+        tasks = load_tasks(targets)
+    for task in tasks:
+        click.echo(f"{task.name}: {task.migrate()} task(s) adopted")
+        task.shutdown()
+    return 0
+
+
 @_client_command("submit", "Submit a task; prints its id.")
 @click.argument("params", metavar="[KEY=VALUE]...", nargs=-1)
 @click.option("--priority", type=click.IntRange(-100, 100), default=None,

@@ -327,3 +327,21 @@ def test_worker_runs_the_targets_and_exits_with_their_code(calls, capsys):
     ]
     code = main(["worker"])  # a target is required
     assert code == 2 and "MODULE:OBJ" in capsys.readouterr().err
+
+
+def test_migrate_adopts_the_tasks_0_1_stored(tmp_path, monkeypatch, capsys):
+    (tmp_path / "old_service.py").write_text(
+        "from asynctask import AsyncTask, MemoryCollection\n"
+        "collection = MemoryCollection()\n"
+        "collection.insert_one({'task_id': 'old', 'status': 'failed', 'params': {}, 'attempts': 1})\n"
+        "class Old(AsyncTask):\n"
+        "    def main(self, logger):\n"
+        "        return 1\n"
+        "api = Old(collection, 'logs')\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["migrate", "old_service:api"]) == 0
+    assert "Old: 1 task(s) adopted" in capsys.readouterr().out
+    import old_service
+
+    assert old_service.api.retrieve("old")["status"] == "failed"

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -316,3 +317,101 @@ def test_sigterm_releases_what_cannot_finish_within_the_grace_and_exits_0(
     doc = tasks(db, name)["long"]
     assert doc["status"] == "queued" and "owner" not in doc, doc
     assert db[f"{name}.workers"].count_documents({"pid": worker.pid}) == 0, "a stopped worker leaves the registry"
+
+
+# -- one graceful stop per process, a registry that forgets the dead ------------------------------
+
+
+class Held(AsyncTask):
+    """Runs until `gate` opens; `starts` counts the attempts begun in this process."""
+
+    gate = threading.Event()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.starts = 0
+
+    def main(self, logger: Any, n: int = 0) -> int:
+        self.starts += 1
+        self.gate.wait(30)
+        return n
+
+
+class HeldToo(Held):
+    pass
+
+
+def test_a_graceful_stop_stops_every_type_at_once_within_one_grace(tmp_path):
+    from asynctask import instances
+
+    memory = MemoryCollection()
+    first = Held(memory, tmp_path / "a", max_worker=1, poll_interval=0.05)
+    second = HeldToo(memory, tmp_path / "b", max_worker=1, poll_interval=0.05)
+    try:
+        for task in (first, second):
+            task.submit({"n": 1})
+            task.submit({"n": 2})  # waits: the one slot is busy
+        wait_until(lambda: first.starts == 1 and second.starts == 1)
+        grace = 1.0
+        began = time.monotonic()
+        released = instances.shutdown_all(grace=grace)
+        took = time.monotonic() - began
+        assert released == 2
+        assert took < grace * 2, f"one grace for the process, not one per type ({took:.2f}s)"
+        assert first.starts == 1 and second.starts == 1, "nothing was claimed while stopping"
+        docs = list(memory.find({}))
+        assert {d["status"] for d in docs} == {"queued"} and not any("owner" in d for d in docs)
+    finally:
+        Held.gate.set()
+
+
+def test_a_graceful_stop_with_the_database_down_still_stops(tmp_path):
+    from pymongo.errors import ServerSelectionTimeoutError
+
+    class Down:
+        """The task collection, until `down` is set; then every write fails."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner, self.down = inner, False
+
+        def __getattr__(self, name: str) -> Any:
+            value = getattr(self.inner, name)
+            if callable(value) and name.startswith(("update", "find_one_and")):
+                def call(*args: Any, **kwargs: Any) -> Any:
+                    if self.down:
+                        raise ServerSelectionTimeoutError("no server")
+                    return value(*args, **kwargs)
+                return call
+            return value
+
+    collection = Down(MemoryCollection())
+    task = Held(collection, tmp_path, max_worker=1, poll_interval=0.05)
+    Held.gate.clear()
+    try:
+        task.submit({"n": 1})
+        wait_until(lambda: task.starts == 1)
+        worker = task._runtime()
+        collection.down = True
+        assert task.shutdown(grace=0.1) == 1
+        assert worker._thread is not None and not worker._thread.is_alive(), "the loop stopped"
+    finally:
+        Held.gate.set()
+
+
+def test_the_sweep_forgets_workers_whose_beat_stopped(make_task):
+    from asynctask.store.registry import Workers
+    from asynctask.sweep import Sweeper
+
+    memory = MemoryCollection()
+    task = make_task(Tracked, memory, heartbeat_interval=1, stale_after=3)
+    registry = Workers(memory)
+    registry.beat("dead-host:1:x", task.name, slots=2, running=0, started_at=utcnow())
+    registry.beat("live-host:2:y", task.name, slots=2, running=0, started_at=utcnow())
+    now = [100.0]
+    sweeper = Sweeper(task._store, registry, None, owner="judge", stale_after=3, interval=1, max_attempts=3,
+                      on_finished=lambda *_: None, on_requeued=lambda: None, clock=lambda: now[0])
+    for _ in range(8):
+        sweeper.sweep()
+        registry.beat("live-host:2:y", task.name, slots=2, running=0, started_at=utcnow())
+        now[0] += 1
+    assert {w["worker"] for w in task.workers()} == {"live-host:2"}

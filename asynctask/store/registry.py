@@ -55,7 +55,7 @@ class Workers:
              now: datetime | None = None) -> None:
         """Register or refresh this worker for `task_type` (one upsert)."""
         if not self._indexed:
-            self.collection.create_index([("heartbeat_at", ASCENDING)], name="heartbeat")
+            self.collection.create_index([("type", ASCENDING)], name="type")
             self._indexed = True
         host, pid = owner.split(":")[:2]
         self.collection.update_one(
