@@ -395,6 +395,7 @@ def test_a_graceful_stop_with_the_database_down_still_stops(tmp_path):
         assert task.shutdown(grace=0.1) == 1
         assert worker._thread is not None and not worker._thread.is_alive(), "the loop stopped"
     finally:
+        collection.down = False
         Held.gate.set()
 
 
