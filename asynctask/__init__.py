@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import metrics  # noqa: F401 - connects the Prometheus receivers of the lifecycle signals
+from .async_client import AsyncClient
 from .attempt import cancelled, report_progress
 from .client import Client
 from .errors import (
@@ -29,6 +30,7 @@ from .task import AsyncTask
 __version__ = "0.2.0"
 
 __all__ = [
+    "AsyncClient",
     "AsyncTask",
     "AsyncTaskError",
     "AuthenticationFailed",

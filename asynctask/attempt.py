@@ -43,6 +43,8 @@ class Attempt:
     wake: threading.Event = field(default_factory=threading.Event, repr=False)
     #: Writes progress somewhere: the store, or a queue to the parent process.
     reporter: Callable[[float, str | None], object] | None = field(default=None, repr=False)
+    #: Called by `stop()`: cancels a coroutine `main` at its current `await`.
+    on_stop: Callable[[], object] | None = field(default=None, repr=False)
     #: The newest progress not written yet because of throttling; written with the outcome.
     pending_progress: dict[str, Any] | None = field(default=None, repr=False)
     #: The newest progress reported, written or not; a child process sends it back with the outcome.
@@ -60,7 +62,7 @@ class Attempt:
     def __getstate__(self) -> dict[str, Any]:
         """What a child process gets: no event, no reporter (it makes its own), no lock or timer."""
         return {
-            **self.__dict__, "wake": None, "reporter": None,
+            **self.__dict__, "wake": None, "reporter": None, "on_stop": None,
             "_progress_lock": None, "_write_lock": None, "_flush_timer": None,
         }
 
@@ -75,6 +77,8 @@ class Attempt:
         if self.stop_reason is None:
             self.stop_reason = reason
         self.wake.set()
+        if (cancel := self.on_stop) is not None:
+            cancel()
 
     def report(self, percent: float, message: str | None) -> None:
         """Write progress through `reporter`, at most once per `PROGRESS_INTERVAL` (100% always).

@@ -24,6 +24,7 @@ failures propagate as the exceptions of `requests` (`requests.ConnectionError`, 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -108,17 +109,7 @@ class Client:
         time zone) holds it until then. Options that are not valid raise `InvalidParams`
         before any request.
         """
-        if not isinstance(params, Mapping):
-            raise TypeError(f"params must be a mapping, not {type(params).__name__}")
-        queue_options(priority, delay, run_at)
-        body: dict[str, Any] = {"data": dict(params)}
-        if priority is not None:
-            body["priority"] = priority
-        if delay is not None:
-            body["delay"] = delay.total_seconds() if isinstance(delay, timedelta) else delay
-        if run_at is not None:
-            body["run_at"] = run_at.isoformat() if isinstance(run_at, datetime) else run_at
-        return self._request("POST", self.url, json=body)["task_id"]
+        return self._request("POST", self.url, json=submission(params, priority, delay, run_at))["task_id"]
 
     def get(self, task_id: str) -> dict[str, Any]:
         """The task's public view: status, result, error, progress, times."""
@@ -144,12 +135,8 @@ class Client:
             if on_update is not None:
                 on_update(view)
             status = view.get("status")
-            if status == "success":
+            if finished(task_id, view):
                 return view.get("result")
-            if status == "failed":
-                raise TaskFailed(task_id, view.get("error") or "", view)
-            if status == "cancelled":
-                raise TaskCancelled(task_id, view)
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise TimeoutError(f"task {task_id} did not finish within {timeout} s (status {status})")
@@ -205,16 +192,48 @@ class Client:
         """Send one request; return the envelope's `data` or raise the error it holds."""
         response = self.session.request(method, url, timeout=(self.timeout, read_timeout or self.timeout),
                                         **kwargs)
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if response.ok and isinstance(body, dict) and body.get("status") == "ok":
-            return body.get("data")
-        if not isinstance(body, dict):
-            body = {}
-        message = body.get("error_msg") or f"HTTP {response.status_code} {response.reason or ''}".strip()
-        if response.ok:
-            message = f"not an asynctask answer from {method} {url}: {message}"
-        error_data = body.get("error_data") or []
-        raise _ERRORS.get(response.status_code, ClientError)(message, response.status_code, error_data)
+        return answer(method, url, response.status_code, response.reason, response.content)
+
+
+def submission(params: Mapping[str, Any], priority: int | None, delay: float | timedelta | None,
+               run_at: datetime | str | None) -> dict[str, Any]:
+    """The body of a POST that submits `params` with queue options; checked before any request."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping, not {type(params).__name__}")
+    queue_options(priority, delay, run_at)
+    body: dict[str, Any] = {"data": dict(params)}
+    if priority is not None:
+        body["priority"] = priority
+    if delay is not None:
+        body["delay"] = delay.total_seconds() if isinstance(delay, timedelta) else delay
+    if run_at is not None:
+        body["run_at"] = run_at.isoformat() if isinstance(run_at, datetime) else run_at
+    return body
+
+
+def finished(task_id: str, view: Mapping[str, Any]) -> bool:
+    """True when the task succeeded; raise `TaskFailed`/`TaskCancelled` when it ended so."""
+    status = view.get("status")
+    if status == "failed":
+        raise TaskFailed(task_id, view.get("error") or "", dict(view))
+    if status == "cancelled":
+        raise TaskCancelled(task_id, dict(view))
+    return status == "success"
+
+
+def answer(method: str, url: str, status_code: int, reason: str | None, content: bytes) -> Any:
+    """The envelope's `data` of an answer, or the error it holds raised as a `ClientError`."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        body = None
+    ok = 200 <= status_code < 400
+    if ok and isinstance(body, dict) and body.get("status") == "ok":
+        return body.get("data")
+    if not isinstance(body, dict):
+        body = {}
+    message = body.get("error_msg") or f"HTTP {status_code} {reason or ''}".strip()
+    if ok:
+        message = f"not an asynctask answer from {method} {url}: {message}"
+    error_data = body.get("error_data") or []
+    raise _ERRORS.get(status_code, ClientError)(message, status_code, error_data)

@@ -7,7 +7,9 @@ executor, `main` is sent there and the slot waits for it, so a timeout or a canc
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import logging
 import multiprocessing
 import os
@@ -199,6 +201,8 @@ def call_main(task: Any, attempt: Attempt) -> MainReturn:
         # progress queue, it could arrive after the outcome, when it is no longer written.
         try:
             result = task.main(logger=log, **attempt.params)
+            if inspect.iscoroutine(result):  # an `async def main` runs to its end in this child
+                result = asyncio.run(result)
             check_result(result)
         except BaseException as exc:
             with contextlib.suppress(Exception):

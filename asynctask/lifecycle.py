@@ -1,4 +1,4 @@
-"""The lifecycle of one attempt, in a slot thread, in the shape of CPython's `_WorkItem.run`:
+"""The lifecycle of one attempt, in the shape of CPython's `_WorkItem.run`:
 
     outcome = execute(task, attempt, log)                   # run main; conclude how it ended
     recorded = record(task, worker, attempt, outcome, log)  # one fenced store write, retried while the database is away
@@ -9,15 +9,21 @@ the database refuses for good) ends the attempt with a recorded outcome naming t
 hands it back to the queue, and the slot is freed. How an attempt ended is decided in one place
 (`conclude`) as one `Ending`; every status it writes goes through the store's transition
 table. Metrics hang off the signals it sends, which can never break it.
+
+`run_attempt` runs it in a slot thread; `run_coroutine_attempt` runs it for an `async def main`
+on the process's event loop, holding no thread while `main` awaits: the steps around `main`
+(`AttemptRun`) are the same, sent off the loop because pymongo and files block.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,6 +45,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Runs a blocking call off the event loop and awaits it (`coroutines.EventLoop.blocking`).
+Blocking = Callable[..., Awaitable[Any]]
+
 #: Waits between tries of an outcome write the database did not take (a failover, a blip).
 RECORD_BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0)
 
@@ -55,31 +64,83 @@ class Outcome:
 
 def run_attempt(task: AsyncTask, worker: Worker, attempt: Attempt) -> None:
     """One attempt, in a slot thread: execute, record the outcome, notify the hook."""
-    began = time.monotonic()
-    ending = Ending.LOST
-    try:
+    run = AttemptRun(task, worker, attempt)
+    with attempts.running(attempt):
+        try:
+            run.finish(execute(task, attempt, run.begin()))
+        except Exception as exc:  # noqa: BLE001 - after a claim, every failure ends as an outcome
+            run.fail(exc)
+        finally:
+            run.close()
+
+
+async def run_coroutine_attempt(task: AsyncTask, worker: Worker, attempt: Attempt, blocking: Blocking) -> None:
+    """One attempt of an `async def main`, on this process's event loop: the same steps, with
+    every database write and file operation sent off the loop through `blocking`."""
+    run = AttemptRun(task, worker, attempt)
+    with attempts.running(attempt):
+        try:
+            task_log = await blocking(run.begin)
+            outcome = await execute_coroutine(task, attempt, task_log)
+            await blocking(run.finish, outcome)
+        except Exception as exc:  # noqa: BLE001 - after a claim, every failure ends as an outcome
+            await blocking(run.fail, exc)
+        finally:
+            await blocking(run.close)
+
+
+class AttemptRun:
+    """What surrounds `main` in one attempt: `begin` (signal, progress, log file), `finish`
+    (record, notify), `fail` (something outside `main` raised), `close` (log closed, slot and
+    limits freed, signal). Shared by the thread and the coroutine paths."""
+
+    def __init__(self, task: AsyncTask, worker: Worker, attempt: Attempt) -> None:
+        self.task, self.worker, self.attempt = task, worker, attempt
+        self.began = time.monotonic()
+        self.ending = Ending.LOST
+        self.log: logging.Logger = logger
+        self._files = contextlib.ExitStack()
+
+    def begin(self) -> logging.Logger:
+        task, attempt = self.task, self.attempt
         signals.emit(signals.attempt_started, task, attempt=attempt)
-        attempt.reporter = functools.partial(task._store.progress, attempt.task_id, attempt.number)
-        with attempts.running(attempt), logs.opened(
+        if attempt.reporter is None:
+            attempt.reporter = functools.partial(task._store.progress, attempt.task_id, attempt.number)
+        self.log = self._files.enter_context(logs.opened(
             task.get_logger(attempt.task_id), task.logger_dir, attempt.task_id, attempt.trace_id
-        ) as task_log:
-            outcome = execute(task, attempt, task_log)
-            recorded = record(task, worker, attempt, outcome, task_log)
-            ending = recorded.ending if recorded else outcome.ending
-            notify(task, attempt, recorded, task_log)
-    except Exception as exc:  # noqa: BLE001 - after a claim, every failure ends as an outcome
-        ending = salvage(task, worker, attempt, exc)
-    finally:
-        worker.let_go(attempt)
-        if task._limit is not None:
-            with contextlib.suppress(Exception):
-                task._limit.release(attempt.task_id, attempt.number)
-        signals.emit(signals.attempt_ended, task, attempt=attempt, ending=ending, seconds=time.monotonic() - began)
+        ))
+        return self.log
+
+    def finish(self, outcome: Outcome) -> None:
+        recorded = record(self.task, self.worker, self.attempt, outcome, self.log)
+        self.ending = recorded.ending if recorded else outcome.ending
+        notify(self.task, self.attempt, recorded, self.log)
+
+    def fail(self, exc: BaseException) -> None:
+        self.ending = salvage(self.task, self.worker, self.attempt, exc)
+
+    def close(self) -> None:
+        task, attempt = self.task, self.attempt
+        try:
+            self._files.close()
+        except Exception:
+            logger.exception("task %s: closing its log failed", attempt.task_id)
+        free(task, self.worker, attempt)
+        signals.emit(signals.attempt_ended, task, attempt=attempt, ending=self.ending,
+                     seconds=time.monotonic() - self.began)
+
+
+def free(task: AsyncTask, worker: Worker, attempt: Attempt) -> None:
+    """The attempt is over here: no more heartbeats for it, its concurrency slot given back."""
+    worker.let_go(attempt)
+    if task._limit is not None:
+        with contextlib.suppress(Exception):
+            task._limit.release(attempt.task_id, attempt.number)
 
 
 def salvage(task: AsyncTask, worker: Worker, attempt: Attempt, exc: BaseException) -> Ending:
     """Something raised outside `main` after the claim: fail the attempt naming the cause, or
-    (if even that cannot be written) leave it to run again elsewhere."""
+    (if even that cannot be written) hand it back to the queue."""
     logger.error("task %s: the attempt broke outside main", attempt.task_id, exc_info=exc)
     failure = Outcome(Ending.FAILED, error=f"asynctask could not finish the attempt: {error_text(exc)}")
     try:
@@ -95,12 +156,10 @@ def salvage(task: AsyncTask, worker: Worker, attempt: Attempt, exc: BaseExceptio
 def refuse(task: AsyncTask, worker: Worker, attempt: Attempt, exc: BaseException) -> None:
     """The executor refused a claimed attempt: fail it naming why (the slot is freed by the caller)."""
     refused = Outcome(Ending.FAILED, error=f"the executor refused the task: {error_text(exc)}")
-    if record(task, worker, attempt, refused, logger) is not None:
-        attempt.final_status = TaskStatus.FAILED.value
-    worker.let_go(attempt)
-    if task._limit is not None:
-        with contextlib.suppress(Exception):
-            task._limit.release(attempt.task_id, attempt.number)
+    try:
+        record(task, worker, attempt, refused, logger)
+    finally:
+        free(task, worker, attempt)
 
 
 def execute(task: AsyncTask, attempt: Attempt, task_log: logging.Logger) -> Outcome:
@@ -114,6 +173,24 @@ def execute(task: AsyncTask, attempt: Attempt, task_log: logging.Logger) -> Outc
         check_result(result)
     except BaseException as exc:  # noqa: BLE001 - any failure of main is the attempt's outcome
         return conclude(task, attempt, error=exc)
+    return conclude(task, attempt, result=result)
+
+
+async def execute_coroutine(task: AsyncTask, attempt: Attempt, task_log: logging.Logger) -> Outcome:
+    """Await `main` on the event loop; a stop (cancel, timeout, shutdown) cancels it at its
+    current `await`, and the ending follows the stop whatever `main` does with that."""
+    loop = asyncio.get_running_loop()
+    running = loop.create_task(task.main(logger=task_log, **attempt.params))
+    attempt.on_stop = lambda: loop.call_soon_threadsafe(running.cancel)
+    if attempt.stop_reason is not None:
+        running.cancel()
+    try:
+        result = await running
+        check_result(result)
+    except BaseException as exc:  # noqa: BLE001 - any failure of main is the attempt's outcome
+        return conclude(task, attempt, error=exc)
+    finally:
+        attempt.on_stop = None
     return conclude(task, attempt, result=result)
 
 

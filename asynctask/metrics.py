@@ -41,6 +41,11 @@ TASK_DURATION = Histogram(
 TASKS_IN_FLIGHT = Gauge(
     "asynctask_tasks_in_flight", "Attempts running now.", ["task"], multiprocess_mode="livesum"
 )
+EVENT_LOOP_LAG = Gauge(
+    "asynctask_event_loop_lag_seconds",
+    "How long the event loop of coroutine tasks took to answer its last ping (a blocked loop shows here).",
+    multiprocess_mode="livemax",
+)
 HTTP_REQUESTS = Counter(
     "asynctask_http_requests", "HTTP requests answered.", ["method", "route", "code"]
 )
@@ -71,6 +76,11 @@ def finished(task_name: str, status: str, seconds: float | None) -> None:
 def stopped(task_name: str) -> None:
     """An attempt that `started()` here ended without finishing its task (retry, release, fenced out)."""
     TASKS_IN_FLIGHT.labels(task=task_name).dec()
+
+
+def loop_lag(seconds: float) -> None:
+    """The event loop of coroutine tasks answered a ping after `seconds`."""
+    EVENT_LOOP_LAG.set(seconds)
 
 
 def request(method: str, route: str, code: int) -> None:

@@ -183,6 +183,8 @@ class Signature:
         except (TypeError, ValueError) as exc:
             raise TypeError(f"cannot read the signature of main: {exc}") from exc
         kinds = {p.name: p.kind for p in params.values()}
+        #: `async def main`: its attempts run on the process's event loop.
+        self.coroutine = inspect.iscoroutinefunction(main)
         self.var_keyword = inspect.Parameter.VAR_KEYWORD in kinds.values()
         if "logger" not in kinds and not self.var_keyword:
             raise TypeError("main must accept a 'logger' parameter (or **kwargs)")

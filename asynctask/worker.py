@@ -13,6 +13,7 @@ attempt. Every step logs and swallows its own errors, so one bad task never stop
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import expiry, lifecycle, signals
 from .attempt import Attempt
+from .coroutines import event_loop
 from .store.registry import worker_name
 from .store.tasks import utcnow
 from .sweep import Sweeper
@@ -98,10 +100,28 @@ class Worker:
         """
         self._enter(attempt, deadline, reserved=reserved)
         try:
-            self.task._executors.slots().submit(self._work, attempt)
+            if self.task._signature.coroutine and self.task._executors.main_executor() is None:
+                self._await(attempt)
+            else:
+                self.task._executors.slots().submit(self._work, attempt)
         except Exception as exc:
             _logged(lifecycle.refuse, self.task, self, attempt, exc)
             self._ended(attempt)
+
+    def _await(self, attempt: Attempt) -> None:
+        """Run a coroutine attempt on the event loop: it holds a slot, not a thread. When it
+        ends, a helper thread frees the slot or claims the next task for it."""
+        loop = event_loop()
+
+        def done() -> None:
+            following = self._next(attempt)
+            if following is not None:
+                self._await(following)
+
+        # Progress of a coroutine is written by a helper thread, never on the loop.
+        write = functools.partial(self.task._store.progress, attempt.task_id, attempt.number)
+        attempt.reporter = lambda percent, message: loop.helpers.submit(write, percent, message)
+        loop.submit(attempt.task_id, lifecycle.run_coroutine_attempt(self.task, self, attempt, loop.blocking), done)
 
     def _enter(self, attempt: Attempt, deadline: float, *, reserved: bool) -> None:
         with self._cond:
@@ -116,17 +136,21 @@ class Worker:
         (keeping the slot, so no other claim counts on it) rather than hand it back to the loop."""
         while attempt is not None:
             _logged(lifecycle.run_attempt, self.task, self, attempt)
-            keep = self._ended(attempt)
-            attempt = None
-            if keep:
-                claimed = _logged(self.task._claim, self)
-                if claimed is None:
-                    self.unreserve()
-                    with self._cond:
-                        self._backlog = False
-                else:
-                    attempt = claimed[0]
-                    self._enter(attempt, claimed[1], reserved=True)
+            attempt = self._next(attempt)
+
+    def _next(self, attempt: Attempt) -> Attempt | None:
+        """`attempt` is over: free its slot, or, while the queue has work, keep the slot and
+        claim the next task for it (returned, already counted in flight)."""
+        if not self._ended(attempt):
+            return None
+        claimed = _logged(self.task._claim, self)
+        if claimed is None:
+            self.unreserve()
+            with self._cond:
+                self._backlog = False
+            return None
+        self._enter(claimed[0], claimed[1], reserved=True)
+        return claimed[0]
 
     def _ended(self, attempt: Attempt) -> bool:
         """The attempt's thread is done; True when the slot stays reserved for the next claim."""

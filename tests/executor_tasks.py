@@ -109,3 +109,13 @@ class OnDaskWorker(AsyncTask):
 
         logger.info("on dask worker")
         return {"worker": get_worker().address, **whereabouts()}
+
+
+class AsyncChild(AsyncTask):
+    """An `async def main` that a process pool's child runs with `asyncio.run`."""
+
+    async def main(self, logger: logging.Logger, value: int) -> int:
+        import asyncio
+
+        await asyncio.sleep(0.01)
+        return value * 2

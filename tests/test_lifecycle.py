@@ -18,7 +18,6 @@ from tasks import Echo, Gate
 from waiting import wait_until
 
 from asynctask import AsyncTask, MemoryCollection, signals
-from asynctask.attempt import cancelled
 from asynctask.store.tasks import utcnow
 
 

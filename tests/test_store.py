@@ -14,6 +14,7 @@ from asynctask import TaskNotFound, TaskStatus
 from asynctask.errors import InvalidTransition, TaskIdTaken
 from asynctask.store.tasks import TaskStore, utcnow
 
+
 @pytest.fixture
 def store(collection):
     return TaskStore(collection, "Kind")
