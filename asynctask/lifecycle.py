@@ -36,7 +36,6 @@ from .attempt import Attempt
 from .errors import AsyncTaskError, TaskTimeout
 from .executors import call_main
 from .status import FINISHED, Ending, TaskStatus
-from .store.tasks import utcnow
 from .validation import check_result
 
 if TYPE_CHECKING:
@@ -67,7 +66,7 @@ def run_attempt(task: AsyncTask, worker: Worker, attempt: Attempt) -> None:
     run = AttemptRun(task, worker, attempt)
     with attempts.running(attempt):
         try:
-            run.finish(execute(task, attempt, run.begin()))
+            run.finish(execute(task, attempt, run.begin(), worker.executors.main_executor()))
         except Exception as exc:  # noqa: BLE001 - after a claim, every failure ends as an outcome
             run.fail(exc)
         finally:
@@ -105,7 +104,7 @@ class AttemptRun:
         task, attempt = self.task, self.attempt
         signals.emit(signals.attempt_started, task, attempt=attempt)
         if attempt.reporter is None:
-            attempt.reporter = functools.partial(task._store.progress, attempt.task_id, attempt.number)
+            attempt.reporter = functools.partial(self.worker.backend.progress, attempt.task_id, attempt.number)
         self.log = self._files.enter_context(logs.opened(
             task.get_logger(attempt.task_id), task.logger_dir, attempt.task_id, attempt.trace_id
         ))
@@ -133,9 +132,11 @@ class AttemptRun:
 def free(task: AsyncTask, worker: Worker, attempt: Attempt) -> None:
     """The attempt is over here: no more heartbeats for it, its concurrency slot given back."""
     worker.let_go(attempt)
-    if task._limit is not None:
-        with contextlib.suppress(Exception):
-            task._limit.release(attempt.task_id, attempt.number)
+    try:
+        worker.backend.free(attempt)
+    except Exception:
+        logger.warning("task %s: its concurrency slot could not be freed now (the sweep will)",
+                       attempt.task_id, exc_info=True)
 
 
 def salvage(task: AsyncTask, worker: Worker, attempt: Attempt, exc: BaseException) -> Ending:
@@ -148,7 +149,7 @@ def salvage(task: AsyncTask, worker: Worker, attempt: Attempt, exc: BaseExceptio
     except Exception:
         logger.exception("task %s: not even its failure could be stored; releasing it", attempt.task_id)
         with contextlib.suppress(Exception):
-            task._store.release(worker.owner, attempt.task_id, attempt.number)
+            worker.backend.release(worker.owner, attempt)
         return Ending.RELEASED
     return recorded.ending if recorded else Ending.LOST
 
@@ -162,9 +163,8 @@ def refuse(task: AsyncTask, worker: Worker, attempt: Attempt, exc: BaseException
         free(task, worker, attempt)
 
 
-def execute(task: AsyncTask, attempt: Attempt, task_log: logging.Logger) -> Outcome:
-    """Run `main` in this thread, or on the executor it is sent to; conclude how it ended."""
-    remote = task._executors.main_executor()
+def execute(task: AsyncTask, attempt: Attempt, task_log: logging.Logger, remote: Executor | None) -> Outcome:
+    """Run `main` in this thread, or on the `remote` executor it is sent to; conclude how it ended."""
     try:
         if remote is None:
             result = task.main(logger=task_log, **attempt.params)
@@ -286,24 +286,21 @@ def record(task: AsyncTask, worker: Worker, attempt: Attempt, outcome: Outcome,
 
 
 def write(task: AsyncTask, worker: Worker, attempt: Attempt, outcome: Outcome) -> str | None:
-    """The store write that records `outcome`: the status written, None when superseded."""
-    task_id, number, store = attempt.task_id, attempt.number, task._store
-    extra = {"progress": attempt.pending_progress} if attempt.pending_progress else {}
-    ending = outcome.ending
+    """The write that records `outcome`: the status written, None when superseded."""
+    backend, ending = worker.backend, outcome.ending
     if ending is Ending.LOST:
         return None
     if ending is Ending.RETRY:
         wait = task.retry_policy.wait(attempt.retries)
         assert outcome.error is not None
-        status = store.retry_later(task_id, number, retries=attempt.retries + 1, error=outcome.error,
-                                   at=utcnow() + wait)
+        status = backend.retry_later(attempt, error=outcome.error, wait=wait)
         if status == TaskStatus.QUEUED.value:
             worker.wake_at(time.monotonic() + wait.total_seconds())
         return status
     if ending is Ending.RELEASED:
-        return store.release(worker.owner, task_id, number)
-    written = store.finish(task_id, ending.status, attempt=number, result=outcome.result, error=outcome.error,
-                           extra=extra)
+        return backend.release(worker.owner, attempt)
+    written = backend.finish(attempt, ending.status, result=outcome.result, error=outcome.error,
+                             progress=attempt.pending_progress)
     return ending.status.value if written else None
 
 
@@ -331,9 +328,9 @@ def notify(task: AsyncTask, attempt: Attempt, recorded: Outcome | None, task_log
         task_log.exception("the callback hook raised")
 
 
-def time_out(task: AsyncTask, attempt: Attempt) -> None:
+def time_out(task: AsyncTask, worker: Worker, attempt: Attempt) -> None:
     """Fail an attempt past its deadline (from the worker's loop); its late result is fenced out."""
-    if task._store.finish(attempt.task_id, TaskStatus.FAILED, attempt=attempt.number, error=timeout_error(task)):
+    if worker.backend.finish(attempt, TaskStatus.FAILED, error=timeout_error(task)):
         attempt.final_status = TaskStatus.FAILED.value
         task.get_logger(attempt.task_id).error("task timed out after %s", task.task_timeout)
     attempt.stop("timeout")

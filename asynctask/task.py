@@ -2,7 +2,7 @@
 
 submit (`_submit`): validate -> one atomic write by the run rule: `queued`, or `running` at
         once when this process has a free slot -> wake the workers
-worker (`worker.Worker`): claim the next due task (`_claim`, one atomic `find_one_and_update`)
+worker (`worker.Worker`): claim the next due task (`backend.StoreBackend.claim`, one atomic `find_one_and_update`)
         -> `lifecycle.run_attempt`: outcome = execute -> record(outcome) -> notify(callback hook)
 recovery (`_sweep`, from each worker's loop): orphans back to the queue, stuck slots freed
 """
@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from . import attempt as attempts
 from . import instances, lifecycle, logs, signals
-from .attempt import Attempt
+from .backend import StoreBackend, attempt_of
 from .errors import AsyncTaskError, InvalidParams, ShuttingDown
 from .executors import Executors
 from .process import PerProcess
@@ -177,16 +177,22 @@ class AsyncTask:
         self._executors = Executors(option("executor", executor), option("max_worker", max_worker),
                                     self._progress_from_child)
         self.collection = collection
+        self.logger_dir = Path(logger_dir)
         self._store = TaskStore(collection, self.name, self.result_ttl)
         self._workers = Workers(collection)
         self._limit = None if self.max_concurrency is None else ConcurrencySlots(
             collection, self.name, self.max_concurrency
         )
+        self._backend = StoreBackend(
+            self._store, self._workers, self._limit, stale_after=self.stale_after.total_seconds(),
+            heartbeat_interval=self.heartbeat_interval.total_seconds(), max_attempts=self.max_attempts,
+            on_finished=lambda status, count: signals.emit(signals.task_finished, self, status=status, count=count),
+            on_requeued=self._wake, logger_dir=self.logger_dir, result_ttl=self.result_ttl,
+        )
         self._worker: PerProcess[Worker] = PerProcess(
-            lambda: Worker(self, self._executors.capacity, claiming=self.worker)
+            lambda: Worker(self, self._backend, self._executors, claiming=self.worker)
         )
         self._closed = False
-        self.logger_dir = Path(logger_dir)
         self.logger_dir.mkdir(parents=True, exist_ok=True)
         instances.register(self)
 
@@ -424,7 +430,6 @@ class AsyncTask:
         if self.worker:
             worker.start()
         reserved = due is None and self._limit is None and worker.reserve()
-        deadline = time.monotonic() + self.task_timeout.total_seconds()
         claim_for = self._store.claim_fields(worker.owner, worker.name) if reserved else None
         try:
             doc, submitted = self._store.submit(
@@ -438,7 +443,7 @@ class AsyncTask:
         if submitted:
             signals.emit(signals.task_submitted, self, task_id=task_id)
         if submitted and reserved and doc["status"] == TaskStatus.RUNNING.value:
-            worker.dispatch(_attempt_of(doc), deadline, reserved=True)
+            worker.dispatch(attempt_of(doc), worker.deadline(), reserved=True)
         else:
             if reserved:
                 worker.unreserve()
@@ -454,26 +459,6 @@ class AsyncTask:
                 raise
             raise InvalidParams(f"get_task_id refused the params: {exc}") from exc
         return check_task_id(task_id)
-
-    def _claim(self, worker: Worker) -> tuple[Attempt, float] | None:
-        """Claim the next due task for `worker`, within `max_concurrency` when it is set; the
-        attempt and its deadline on the monotonic clock."""
-        slot = self._limit.acquire() if self._limit is not None else None
-        if self._limit is not None and slot is None:
-            return None
-        deadline = time.monotonic() + self.task_timeout.total_seconds()
-        try:
-            doc = self._store.claim(self._store.claim_fields(worker.owner, worker.name))
-        except BaseException:
-            if slot is not None and self._limit is not None:
-                self._limit.free(slot)
-            raise
-        if self._limit is not None and slot is not None:
-            if doc is None:
-                self._limit.free(slot)
-            else:
-                self._limit.bind(slot, doc["task_id"], doc["attempts"])
-        return None if doc is None else (_attempt_of(doc), deadline)
 
     def _progress_from_child(self, task_id: str, number: int, percent: float, message: str | None) -> None:
         """Progress a child process reported (already throttled there)."""
@@ -498,14 +483,6 @@ class AsyncTask:
     def __getstate__(self) -> dict[str, Any]:
         """What a child process needs to run `main`: no collection, pool, thread or lock."""
         state = self.__dict__.copy()
-        for name in ("collection", "_store", "_executors", "_worker", "_workers", "_limit", "_signature"):
+        for name in ("collection", "_store", "_executors", "_worker", "_workers", "_limit", "_signature", "_backend"):
             state.pop(name, None)
         return state
-
-
-def _attempt_of(doc: dict[str, Any]) -> Attempt:
-    """The attempt a claimed document describes."""
-    return Attempt(
-        doc["task_id"], doc["attempts"], dict(doc.get("params") or {}),
-        trace_id=doc.get("trace_id"), retries=doc.get("retries") or 0,
-    )

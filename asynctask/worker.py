@@ -14,6 +14,7 @@ attempt. Every step logs and swallows its own errors, so one bad task never stop
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import signal
@@ -25,15 +26,18 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import expiry, lifecycle, signals
+from . import lifecycle
 from .attempt import Attempt
 from .coroutines import event_loop
 from .store.registry import worker_name
 from .store.tasks import utcnow
-from .sweep import Sweeper
 
 if TYPE_CHECKING:
+    from .backend import StoreBackend
+    from .executors import Executors
     from .task import AsyncTask
+
+    Backend = StoreBackend
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +49,13 @@ class Worker:
     attempts it is handed (none) and answers long-polls.
     """
 
-    def __init__(self, task: AsyncTask, capacity: int, *, claiming: bool) -> None:
+    def __init__(self, task: AsyncTask, backend: Backend, executors: Executors, *, claiming: bool) -> None:
         self.task = task
-        self.capacity = capacity
+        self.backend = backend
+        self.executors = executors
+        self.capacity = executors.capacity
+        #: `async def main` runs on the process's event loop, unless an executor takes `main` elsewhere.
+        self.coroutine = inspect.iscoroutinefunction(task.main)
         self.claiming = claiming
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.name = worker_name()
@@ -66,13 +74,6 @@ class Worker:
         self._thread: threading.Thread | None = None
         #: Notified whenever an attempt of this process ends, for long-polls.
         self.finished = threading.Condition()
-        self.sweeper = Sweeper(
-            task._store, task._workers, task._limit, owner=self.owner,
-            stale_after=task.stale_after.total_seconds(), interval=task.heartbeat_interval.total_seconds(),
-            max_attempts=task.max_attempts,
-            on_finished=lambda status, count: signals.emit(signals.task_finished, task, status=status, count=count),
-            on_requeued=self.wake,
-        )
 
     # -- slots --------------------------------------------------------------------------------
 
@@ -100,10 +101,10 @@ class Worker:
         """
         self._enter(attempt, deadline, reserved=reserved)
         try:
-            if self.task._signature.coroutine and self.task._executors.main_executor() is None:
+            if self.coroutine and self.executors.main_executor() is None:
                 self._await(attempt)
             else:
-                self.task._executors.slots().submit(self._work, attempt)
+                self.executors.slots().submit(self._work, attempt)
         except Exception as exc:
             _logged(lifecycle.refuse, self.task, self, attempt, exc)
             self._ended(attempt)
@@ -119,7 +120,7 @@ class Worker:
                 self._await(following)
 
         # Progress of a coroutine is written by a helper thread, never on the loop.
-        write = functools.partial(self.task._store.progress, attempt.task_id, attempt.number)
+        write = functools.partial(self.backend.progress, attempt.task_id, attempt.number)
         attempt.reporter = lambda percent, message: loop.helpers.submit(write, percent, message)
         loop.submit(attempt.task_id, lifecycle.run_coroutine_attempt(self.task, self, attempt, loop.blocking), done)
 
@@ -143,14 +144,21 @@ class Worker:
         claim the next task for it (returned, already counted in flight)."""
         if not self._ended(attempt):
             return None
-        claimed = _logged(self.task._claim, self)
+        claimed = _logged(self._claim)
         if claimed is None:
             self.unreserve()
             with self._cond:
                 self._backlog = False
             return None
-        self._enter(claimed[0], claimed[1], reserved=True)
-        return claimed[0]
+        self._enter(claimed, self.deadline(), reserved=True)
+        return claimed
+
+    def _claim(self) -> Attempt | None:
+        return self.backend.claim(self.owner, self.name)
+
+    def deadline(self) -> float:
+        """The monotonic deadline of an attempt that starts now."""
+        return time.monotonic() + self.task.task_timeout.total_seconds()
 
     def _ended(self, attempt: Attempt) -> bool:
         """The attempt's thread is done; True when the slot stays reserved for the next claim."""
@@ -231,7 +239,7 @@ class Worker:
                 next_beat = now + beat
                 self._beat()
             for attempt in self._take_expired():
-                _logged(lifecycle.time_out, task, attempt)
+                _logged(lifecycle.time_out, task, self, attempt)
                 self.let_go(attempt)
             if due[2]:
                 next_check = now + min(poll, beat)
@@ -253,11 +261,10 @@ class Worker:
         """Claim due tasks while a slot is free; remember whether work was left behind."""
         backlog = False
         while self.free_slots() > 0:
-            claimed = self.task._claim(self)
-            if claimed is None:
+            attempt = self._claim()
+            if attempt is None:
                 break
-            attempt, deadline = claimed
-            self.dispatch(attempt, deadline)
+            self.dispatch(attempt, self.deadline())
         else:
             backlog = not self.stopping
         with self._cond:
@@ -265,28 +272,24 @@ class Worker:
 
     def _check_cancels(self) -> None:
         held = self.held()
-        for task_id, number in self.task._store.cancel_requests(self.owner, [a.task_id for a in held]):
+        for task_id, number in self.backend.cancel_requests(self.owner, [a.task_id for a in held]):
             self.stop_attempts(task_id, "cancelled", number)
 
     def _beat(self) -> None:
-        """Heartbeat, registry, the type's sweep, expired logs: each step on its own."""
-        task = self.task
+        """Heartbeat, registry, the type's sweep and upkeep: each step on its own."""
         _logged(self._heartbeat)
         if self.claiming:
             with self._cond:
                 running = len(self._in_flight)
-            _logged(task._workers.beat, self.owner, task.name, slots=self.capacity, running=running,
+            _logged(self.backend.register, self.owner, slots=self.capacity, running=running,
                     started_at=self.started_at)
-            _logged(task._store.ensure_indexes)
-            _logged(self.sweeper.sweep)
-        if task.result_ttl is not None:
-            _logged(expiry.remove_expired_logs, task.logger_dir, task.result_ttl, task._store.existing)
+            _logged(self.backend.maintain, self.owner)
 
     def _heartbeat(self) -> None:
         """Bump the counters of the tasks this worker holds; stop the attempts it lost meanwhile
         (a sweep judged it silent and the task runs elsewhere: its writes are fenced)."""
         held = self.held()
-        for task_id in self.task._store.heartbeat(self.owner, [a.task_id for a in held]):
+        for task_id in self.backend.heartbeat(self.owner, [a.task_id for a in held]):
             logger.warning("task %s was given to another worker; its attempt here stops", task_id)
             self.stop_attempts(task_id, "lost")
 
@@ -324,8 +327,7 @@ class Worker:
             if thread is not None and thread is not threading.current_thread():
                 thread.join()
             if self.claiming:
-                _logged(self.task._workers.leave, self.owner, self.task.name)
-                self.sweeper.give_up()
+                _logged(self.backend.leave, self.owner)
         return len(left)
 
     def _release(self, left: set[Attempt]) -> None:
@@ -333,7 +335,7 @@ class Worker:
         released = 0
         for attempt in left:
             attempt.stop("shutdown")
-            if _logged(self.task._store.release, self.owner, attempt.task_id, attempt.number) is not None:
+            if _logged(self.backend.release, self.owner, attempt) is not None:
                 released += 1
             self.let_go(attempt)
         if released:

@@ -52,17 +52,22 @@ class Workers:
         return companion(self._tasks, "workers")
 
     def beat(self, owner: str, task_type: str, *, slots: int, running: int, started_at: datetime,
+             host: str | None = None, pid: int | None = None, remote: bool = False,
              now: datetime | None = None) -> None:
-        """Register or refresh this worker for `task_type` (one upsert)."""
+        """Register or refresh this worker for `task_type` (one upsert). `host` and `pid` default
+        to those `owner` names; `remote` marks a worker that reaches the service over HTTP."""
         if not self._indexed:
             self.collection.create_index([("type", ASCENDING)], name="type")
             self._indexed = True
-        host, pid = owner.split(":")[:2]
+        if host is None or pid is None:
+            host, pid_text = owner.split(":")[:2]
+            pid = int(pid_text)
         self.collection.update_one(
             {"_id": f"{owner}/{task_type}"},
             {"$set": {
-                "owner": owner, "worker": f"{host}:{pid}", "host": host, "pid": int(pid), "type": task_type,
+                "owner": owner, "worker": f"{host}:{pid}", "host": host, "pid": pid, "type": task_type,
                 "slots": slots, "running": running, "started_at": started_at, "heartbeat_at": now or utcnow(),
+                "remote": remote,
             }, "$inc": {"beat": 1}},
             upsert=True,
         )
