@@ -102,7 +102,11 @@ class Attempt:
                     timer.start()
                 return
             self._last_report = now
-        self._write()
+        try:
+            self._write()
+        except Exception:  # progress is best effort: it never fails `main`, and is kept for the outcome
+            logger.warning("writing the progress of task %s failed; it goes with the outcome", self.task_id,
+                           exc_info=True)
 
     def _flush(self) -> None:
         """The trailing edge of the throttle: write the newest report held back."""

@@ -10,10 +10,11 @@ Every write of an attempt is fenced by its attempt number (and, for a release, i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from . import expiry
 from .attempt import Attempt
@@ -23,6 +24,27 @@ from .store.tasks import TaskStore, utcnow
 from .sweep import Sweeper
 
 logger = logging.getLogger(__name__)
+
+
+class Backend(Protocol):
+    """What a worker and its attempts need of the queue (`StoreBackend`, `remote.HttpBackend`)."""
+
+    remote: bool
+    record_backoff: tuple[float, ...]
+
+    def claim(self, owner: str, worker: str) -> Attempt | None: ...
+    def heartbeat(self, owner: str, task_ids: list[str]) -> set[str]: ...
+    def cancel_requests(self, owner: str, task_ids: list[str]) -> list[tuple[str, int]]: ...
+    def progress(self, task_id: str, number: int, percent: float, message: str | None) -> bool: ...
+    def register(self, owner: str, *, slots: int, running: int, started_at: datetime) -> None: ...
+    def leave(self, owner: str) -> None: ...
+    def maintain(self, owner: str) -> None: ...
+    def finish(self, attempt: Attempt, status: TaskStatus, *, result: Any = None, error: str | None = None,
+               progress: dict[str, Any] | None = None) -> bool: ...
+    def retry_later(self, attempt: Attempt, *, error: str, wait: timedelta) -> str | None: ...
+    def release(self, owner: str, attempt: Attempt) -> str | None: ...
+    def free(self, attempt: Attempt) -> None: ...
+    def log_shipping(self, task_log: logging.Logger, attempt: Attempt) -> contextlib.AbstractContextManager[None]: ...
 
 
 class StoreBackend:
@@ -36,6 +58,8 @@ class StoreBackend:
     """
 
     remote = False
+    #: Waits between tries of an outcome write the database did not take (a failover, a blip).
+    record_backoff: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0)
 
     def __init__(
         self, store: TaskStore, workers: Workers, limit: ConcurrencySlots | None, *, stale_after: float,
@@ -128,6 +152,10 @@ class StoreBackend:
     def release(self, owner: str, attempt: Attempt) -> str | None:
         """Hand a stopping worker's attempt back to the queue (or `cancelled`, if asked)."""
         return self.store.release(owner, attempt.task_id, attempt.number)
+
+    def log_shipping(self, task_log: logging.Logger, attempt: Attempt) -> contextlib.AbstractContextManager[None]:
+        """Nothing to ship: a local worker writes the task's log file itself."""
+        return contextlib.nullcontext()
 
     def free(self, attempt: Attempt) -> None:
         """The attempt is over: its `max_concurrency` slot is free again."""

@@ -153,11 +153,18 @@ def serve_command(target: str, bind: str, workers: int, endpoint: str, preload: 
               help="Tasks run at once (default: each task's max_worker).")
 @click.option("--grace", type=click.FloatRange(min=0), default=20.0, show_default=True,
               help="Seconds running tasks get on SIGTERM before they are released.")
-def worker_command(targets: tuple[str, ...], concurrency: int | None, grace: float) -> int:
+@click.option("--url", default=None,
+              help="A remote worker: reach the service at this URL over HTTP, never the database.")
+@click.option("--token", envvar="ASYNCTASK_WORKER_TOKEN", default=None,
+              help="The service's worker token (default: ASYNCTASK_WORKER_TOKEN).")
+def worker_command(targets: tuple[str, ...], concurrency: int | None, grace: float, url: str | None,
+                   token: str | None) -> int:
     """Run the queued tasks of each MODULE:OBJ (an AsyncTask), without an HTTP API."""
     from .worker import run_worker
 
-    return run_worker(list(targets), concurrency=concurrency or None, grace=grace)
+    if url is None:
+        return run_worker(list(targets), concurrency=concurrency or None, grace=grace)
+    return run_worker(list(targets), concurrency=concurrency or None, grace=grace, url=url, token=token)
 
 
 @cli.command("migrate", epilog=EPILOG)

@@ -124,3 +124,15 @@ class RemoteTaskNotFound(ClientError, TaskNotFound):
 
 class TaskIdTaken(InvalidTransition):
     """Raised when a task id is already used by a task of another type in the same collection."""
+
+
+class AttemptSuperseded(AsyncTaskError):
+    """Raised when a remote worker writes for an attempt that is no longer its task's current one."""
+
+    http_status = 409
+
+
+class ServiceUnreachable(ClientError):
+    """Raised when a remote worker cannot reach the service (network error, 5xx); it tries again."""
+
+    transient = True

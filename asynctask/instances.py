@@ -95,7 +95,7 @@ def register(task: AsyncTask) -> None:
     """Note a new task; start its worker now if this is a gunicorn worker, or after the fork
     if this is a gunicorn master."""
     _instances.add(task)
-    if not task.worker or not getattr(_autostart, "enabled", True) or multiprocessing.parent_process() is not None:
+    if not (task.worker or task.worker_token) or not getattr(_autostart, "enabled", True) or multiprocessing.parent_process() is not None:
         return
     role = _gunicorn_role()
     if role == "master":

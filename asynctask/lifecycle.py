@@ -47,9 +47,6 @@ logger = logging.getLogger(__name__)
 #: Runs a blocking call off the event loop and awaits it (`coroutines.EventLoop.blocking`).
 Blocking = Callable[..., Awaitable[Any]]
 
-#: Waits between tries of an outcome write the database did not take (a failover, a blip).
-RECORD_BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0)
-
 
 @dataclass(frozen=True)
 class Outcome:
@@ -108,6 +105,7 @@ class AttemptRun:
         self.log = self._files.enter_context(logs.opened(
             task.get_logger(attempt.task_id), task.logger_dir, attempt.task_id, attempt.trace_id
         ))
+        self._files.enter_context(self.worker.backend.log_shipping(self.log, attempt))
         return self.log
 
     def finish(self, outcome: Outcome) -> None:
@@ -241,7 +239,7 @@ def record(task: AsyncTask, worker: Worker, attempt: Attempt, outcome: Outcome,
     naming the cause. A retry or release that finds a cancel request ends `cancelled`.
     """
     substituted = False
-    pauses = iter((*RECORD_BACKOFF, None))
+    pauses = iter((*worker.backend.record_backoff, None))
     while True:
         try:
             status = write(task, worker, attempt, outcome)
@@ -306,7 +304,7 @@ def write(task: AsyncTask, worker: Worker, attempt: Attempt, outcome: Outcome) -
 
 def _transient(exc: BaseException) -> bool:
     """Whether a failed write may succeed when tried again (the database away, a failover)."""
-    if isinstance(exc, ConnectionFailure):
+    if isinstance(exc, ConnectionFailure) or getattr(exc, "transient", False):
         return True
     return isinstance(exc, PyMongoError) and exc.has_error_label("RetryableWriteError")
 

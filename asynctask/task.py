@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from . import attempt as attempts
 from . import instances, lifecycle, logs, signals
-from .backend import StoreBackend, attempt_of
+from .backend import Backend, StoreBackend, attempt_of
 from .errors import AsyncTaskError, InvalidParams, ShuttingDown
 from .executors import Executors
 from .process import PerProcess
@@ -72,6 +72,8 @@ class AsyncTask:
         retry_max_delay: the longest wait before a retry (default 1 h); waits get up to 10% jitter.
         result_ttl: seconds or timedelta after which finished tasks and their logs are removed.
         api_token: bearer token the HTTP API requires (default `ASYNCTASK_API_TOKEN`).
+        worker_token: bearer token of remote workers (default `ASYNCTASK_WORKER_TOKEN`); without
+            it the routes remote workers use answer 404.
         max_content_length: largest HTTP request body accepted, in bytes.
     """
 
@@ -93,6 +95,7 @@ class AsyncTask:
     retry_max_delay: Any = 3600.0
     result_ttl: Any = None
     api_token: str | None = None
+    worker_token: str | None = None
     max_content_length: int = MiB
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -125,6 +128,7 @@ class AsyncTask:
         retry_max_delay: float | timedelta = _UNSET,
         result_ttl: int | float | timedelta | None = _UNSET,
         api_token: str | None = _UNSET,
+        worker_token: str | None = _UNSET,
         max_content_length: int = _UNSET,
     ) -> None:
         def option(name: str, given: Any) -> Any:
@@ -168,6 +172,13 @@ class AsyncTask:
         if token is not None and (not isinstance(token, str) or not token):
             raise TypeError("api_token must be a non-empty string or None")
         self.api_token = token
+        token = option("worker_token", worker_token)
+        token = (os.environ.get("ASYNCTASK_WORKER_TOKEN") or None) if token is None else token
+        if token is not None and (not isinstance(token, str) or not token):
+            raise TypeError("worker_token must be a non-empty string or None")
+        if token is not None and token == self.api_token:
+            raise ValueError("worker_token must differ from api_token: neither may open the other's routes")
+        self.worker_token = token
         if worker is None:
             worker = os.environ.get("ASYNCTASK_NO_WORKER", "") in ("", "0")
         if not isinstance(worker, bool):
@@ -189,8 +200,11 @@ class AsyncTask:
             on_finished=lambda status, count: signals.emit(signals.task_finished, self, status=status, count=count),
             on_requeued=self._wake, logger_dir=self.logger_dir, result_ttl=self.result_ttl,
         )
+        #: The backend of a remote worker (`asynctask worker --url`), instead of the database.
+        self._remote: Backend | None = None
         self._worker: PerProcess[Worker] = PerProcess(
-            lambda: Worker(self, self._backend, self._executors, claiming=self.worker)
+            lambda: Worker(self, self._remote or self._backend, self._executors, claiming=self.worker,
+                           sweeping=self.worker_token is not None)
         )
         self._closed = False
         self.logger_dir.mkdir(parents=True, exist_ok=True)
@@ -379,7 +393,7 @@ class AsyncTask:
 
     def start(self) -> None:
         """Start this process's worker (claims, heartbeats, recovery) now, if it runs one."""
-        if not self._closed and self.worker:
+        if not self._closed and (self.worker or self.worker_token):
             self._runtime().start()
 
     def shutdown(self, wait: bool = True, grace: float | None = None) -> int:
@@ -473,16 +487,20 @@ class AsyncTask:
         if (worker := self._worker.peek()) is not None:
             worker.wake()
 
-    def _start_worker(self, concurrency: int | None) -> None:
-        """Run as a dedicated worker with `concurrency` slots (the `asynctask worker` command)."""
+    def _start_worker(self, concurrency: int | None, backend: Backend | None = None) -> None:
+        """Run as a dedicated worker with `concurrency` slots (the `asynctask worker` command);
+        with `backend`, a remote worker that reaches the queue through it instead of the database."""
         if concurrency is not None:
             self._executors.max_worker = positive_int("concurrency", concurrency)
+        if backend is not None:
+            self._remote = backend
+            self.worker_token = None
         self.worker = True
         self.start()
 
     def __getstate__(self) -> dict[str, Any]:
         """What a child process needs to run `main`: no collection, pool, thread or lock."""
         state = self.__dict__.copy()
-        for name in ("collection", "_store", "_executors", "_worker", "_workers", "_limit", "_signature", "_backend"):
+        for name in ("collection", "_store", "_executors", "_worker", "_workers", "_limit", "_signature", "_backend", "_remote"):
             state.pop(name, None)
         return state

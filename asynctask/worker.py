@@ -33,11 +33,9 @@ from .store.registry import worker_name
 from .store.tasks import utcnow
 
 if TYPE_CHECKING:
-    from .backend import StoreBackend
+    from .backend import Backend
     from .executors import Executors
     from .task import AsyncTask
-
-    Backend = StoreBackend
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +47,12 @@ class Worker:
     attempts it is handed (none) and answers long-polls.
     """
 
-    def __init__(self, task: AsyncTask, backend: Backend, executors: Executors, *, claiming: bool) -> None:
+    def __init__(self, task: AsyncTask, backend: Backend, executors: Executors, *, claiming: bool,
+                 sweeping: bool = False) -> None:
         self.task = task
+        #: Runs the loop without claiming, to sweep for a fleet of remote workers (an API-only
+        #: process of a type that takes them).
+        self.sweeping = sweeping
         self.backend = backend
         self.executors = executors
         self.capacity = executors.capacity
@@ -283,6 +285,7 @@ class Worker:
                 running = len(self._in_flight)
             _logged(self.backend.register, self.owner, slots=self.capacity, running=running,
                     started_at=self.started_at)
+        if self.claiming or self.sweeping:
             _logged(self.backend.maintain, self.owner)
 
     def _heartbeat(self) -> None:
@@ -326,7 +329,7 @@ class Worker:
                 thread = self._thread
             if thread is not None and thread is not threading.current_thread():
                 thread.join()
-            if self.claiming:
+            if self.claiming or self.sweeping:
                 _logged(self.backend.leave, self.owner)
         return len(left)
 
@@ -340,6 +343,22 @@ class Worker:
             self.let_go(attempt)
         if released:
             logger.info("released %d unfinished task(s) of %s", released, self.name)
+
+
+def _remote(task: AsyncTask, url: str, token: str | None, stop: threading.Event) -> Backend:
+    """The HTTP backend of `task` at the service `url`, once the service answers (or a signal)."""
+    from .errors import ServiceUnreachable
+    from .remote.backend import HttpBackend
+    wait = min(task.poll_interval.total_seconds(), task.heartbeat_interval.total_seconds() / 3, 30.0)
+    pause = 0.5
+    while True:
+        try:
+            return HttpBackend.for_task(url, token, task.name, claim_wait=wait)
+        except ServiceUnreachable as exc:
+            logger.warning("the service does not answer yet (%s); trying again in %gs", exc, pause)
+            if stop.wait(pause):
+                raise SystemExit(0) from None
+            pause = min(pause * 2, 10.0)
 
 
 def _logged(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -378,11 +397,13 @@ def load_tasks(targets: Iterable[str]) -> list[AsyncTask]:
     return tasks
 
 
-def run_worker(targets: list[str], *, concurrency: int | None = None, grace: float = 20.0) -> int:
+def run_worker(targets: list[str], *, concurrency: int | None = None, grace: float = 20.0,
+               url: str | None = None, token: str | None = None) -> int:
     """Run the task types named by `targets` until SIGTERM or SIGINT; serve no HTTP.
 
-    On the signal it takes no new work, gives running tasks `grace` seconds, releases the
-    rest to the queue and returns 0.
+    With `url` it is a remote worker: it reaches the service at `url` over HTTP with the
+    worker `token`, and never the database. On the signal it takes no new work, gives running
+    tasks `grace` seconds, releases the rest to the queue and returns 0.
     """
     from .instances import autostart, shutdown_all
 
@@ -392,7 +413,7 @@ def run_worker(targets: list[str], *, concurrency: int | None = None, grace: flo
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     for task in tasks:
-        task._start_worker(concurrency)
+        task._start_worker(concurrency, None if url is None else _remote(task, url, token, stop))
     names = ", ".join(task.name for task in tasks)
     slots = ", ".join(str(task._runtime().capacity) for task in tasks)
     print(f"asynctask worker {worker_name()} ready: {names} (slots: {slots})", flush=True)

@@ -437,9 +437,9 @@ def test_an_outcome_write_that_meets_a_database_blip_is_retried(make_task, wait_
 
 
 def test_an_outcome_that_cannot_be_written_makes_an_orphan_that_runs_again(make_task, wait_for, monkeypatch):
-    import asynctask.lifecycle as lifecycle
+    from asynctask.backend import StoreBackend
 
-    monkeypatch.setattr(lifecycle, "RECORD_BACKOFF", (0.01,))
+    monkeypatch.setattr(StoreBackend, "record_backoff", (0.01,))
     shared = MemoryCollection()
     lost = make_task(Echo, Blipping(shared, failures=10**6), heartbeat_interval=0.05, stale_after=0.3,
                      poll_interval=60)

@@ -94,7 +94,7 @@ class Workers:
         for doc in self.collection.find({"type": {"$in": types}}):
             entry = merged.setdefault(doc["worker"], {
                 "worker": doc["worker"], "host": doc["host"], "pid": doc["pid"], "types": [],
-                "slots": 0, "running": 0, "started_at": as_utc(doc["started_at"]),
+                "slots": 0, "running": 0, "started_at": as_utc(doc["started_at"]), "remote": bool(doc.get("remote")),
                 "heartbeat_at": as_utc(doc["heartbeat_at"]),
             })
             entry["types"].append(doc["type"])

@@ -497,6 +497,11 @@ class TaskStore:
             {"$set": {"progress": {"percent": percent, "message": message}}},
         ).matched_count == 1
 
+    def is_latest(self, task_id: str, attempt: int) -> bool:
+        """Whether `attempt` is the task's latest attempt (running or just ended)."""
+        return self.collection.find_one({"task_id": task_id, "type": self.type, "attempts": attempt},
+                                        {"_id": 1}) is not None
+
     def is_current(self, task_id: str, attempt: int) -> bool:
         """Whether `attempt` is still the running attempt of the task."""
         return self.collection.find_one(

@@ -89,7 +89,7 @@ def _read_body() -> bytes:
     return raw
 
 
-def _json_body(required: bool) -> dict[str, Any] | None:
+def json_body(required: bool) -> dict[str, Any] | None:
     """The request body as a JSON object; None when absent and not `required`.
 
     Refused (400): not JSON, NaN/Infinity, a number too large for a float (`1e400`), a string
@@ -121,7 +121,7 @@ def _json_body(required: bool) -> dict[str, Any] | None:
 def _optional_body() -> dict[str, Any] | None:
     """A GET's JSON body, if it has one; a body that is not a JSON object is ignored."""
     try:
-        return _json_body(required=False)
+        return json_body(required=False)
     except BadRequest:
         return None
 
@@ -152,7 +152,7 @@ def _number_arg(name: str, default: float, low: float, high: float | None = None
     return value
 
 
-def _check_token(tokens: list[str]) -> None:
+def check_token(tokens: list[str]) -> None:
     """401 unless the request carries `Authorization: Bearer <one of tokens>` (constant time)."""
     if not tokens:
         return
@@ -188,7 +188,7 @@ def create_blueprint(task: AsyncTask, endpoint: str = "/api", name: str | None =
         from werkzeug.exceptions import UnsupportedMediaType
 
         _trace()
-        _check_token([task.api_token] if task.api_token else [])
+        check_token([task.api_token] if task.api_token else [])
         if request.content_length is not None and request.content_length > task.max_content_length:
             raise RequestEntityTooLarge()
         g.asynctask_max_content_length = task.max_content_length
@@ -216,7 +216,7 @@ def create_blueprint(task: AsyncTask, endpoint: str = "/api", name: str | None =
 
     @blueprint.post(endpoint or "/")
     def submit() -> Response:
-        body = _json_body(required=True)
+        body = json_body(required=True)
         assert body is not None
         if "data" not in body:
             raise BadRequest("body must hold 'data': an object of params")
@@ -255,7 +255,7 @@ def create_blueprint(task: AsyncTask, endpoint: str = "/api", name: str | None =
 
     @blueprint.post(f"{endpoint}/bulk")
     def bulk() -> Response:
-        body = _json_body(required=True)
+        body = json_body(required=True)
         assert body is not None
         unknown = sorted(set(body) - {"action", "status", "task_ids"})
         if unknown:
@@ -345,7 +345,7 @@ def _register_service_routes(app: Flask) -> None:
     """/ping, /healthz, /metrics and /openapi.json, once per app, for every task type in it."""
 
     def protected() -> None:
-        _check_token([task.api_token for task, _ in _tasks() if task.api_token])
+        check_token([task.api_token for task, _ in _tasks() if task.api_token])
 
     @app.get("/ping")
     def ping() -> dict[str, str]:
@@ -396,16 +396,21 @@ def _register_service_routes(app: Flask) -> None:
     register_error_handlers(app)
 
     from .dashboard import blueprint as dashboard_blueprint
+    from .worker_routes import register_worker_types
 
     app.register_blueprint(dashboard_blueprint())  # GET /dashboard
+    register_worker_types(app)  # GET /worker/types, for remote workers
 
 
 def _attach(app: Flask, task: AsyncTask, endpoint: str) -> None:
     """Note `task` in `app`; the service routes are added with the first task."""
+    from .worker_routes import create_worker_blueprint
+
     registered = app.extensions.setdefault(EXTENSION, [])
     if not registered:
         _register_service_routes(app)
     registered.append((task, endpoint))
+    app.register_blueprint(create_worker_blueprint(task, endpoint))  # {endpoint}/worker/...
 
 
 def init_app(app: Flask, task: AsyncTask, endpoint: str = "/api") -> None:
