@@ -288,7 +288,7 @@ def test_bulk_stats_and_workers_operations(spec_of):
     workers = ok_data(spec["paths"]["/workers"]["get"])
     assert workers["properties"]["workers"]["items"] == {"$ref": "#/components/schemas/Worker"}
     assert set(schemas["Worker"]["properties"]) == {
-        "worker", "host", "pid", "types", "slots", "running", "started_at", "heartbeat_at"}
+        "worker", "host", "pid", "types", "slots", "running", "started_at", "heartbeat_at", "remote"}
 
 
 def test_answers_use_the_envelope_and_the_public_view(spec_of):

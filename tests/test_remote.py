@@ -303,3 +303,15 @@ def http_worker(method: str, url: str, body: Any, token: str = WORKER_TOKEN) -> 
     except urllib.error.HTTPError as error:
         with error:
             return error.code, json.loads(error.read() or b"null")
+
+
+def test_the_worker_routes_are_in_the_openapi_document(service):
+    task, client = service
+    document = client.get("/openapi.json", headers=as_worker(API_TOKEN)).get_json()
+    for route in ("claim", "heartbeat", "progress", "log", "finish", "leave"):
+        operation = document["paths"][f"/api/worker/{route}"]["post"]
+        assert operation["security"] == [{"workerAuth": []}]
+    assert document["components"]["securitySchemes"]["workerAuth"]["scheme"] == "bearer"
+    from openapi_spec_validator import validate
+
+    validate(document)

@@ -107,7 +107,7 @@ def openapi_document(services: Iterable[tuple[AsyncTask, str]], *, title: str | 
     protected = any(getattr(task, "api_token", None) for task, _ in services)
     spec["paths"].update(_service_paths(protected))
     if protected:
-        spec["components"]["securitySchemes"] = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
+        spec["components"].setdefault("securitySchemes", {})["bearerAuth"] = {"type": "http", "scheme": "bearer"}
     return spec
 
 
@@ -148,6 +148,12 @@ def _add_task(spec: dict[str, Any], task: AsyncTask, base: str, suffix: str) -> 
                 operation["operationId"] += suffix
                 _secure(operation, secured)
     spec["paths"].update(paths)
+    if getattr(task, "worker_token", None):
+        from .worker_routes import worker_paths
+
+        spec["paths"].update(worker_paths(base, suffix))
+        spec["components"].setdefault("securitySchemes", {})["workerAuth"] = {
+            "type": "http", "scheme": "bearer", "description": "The worker token (not the API token)."}
 
 
 def _secure(operation: dict[str, Any], secured: bool) -> None:
@@ -334,6 +340,7 @@ def _worker_schema() -> dict[str, Any]:
             "running": {"type": ["integer", "null"], "minimum": 0},
             "started_at": _date_time(),
             "heartbeat_at": _date_time(),
+            "remote": {"type": "boolean", "description": "A worker that reaches the service over HTTP only."},
         },
     }
 

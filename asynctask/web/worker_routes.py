@@ -160,6 +160,50 @@ def register_worker_types(app: Flask) -> None:
         return envelope({"types": {task.name: endpoint for task, endpoint in served}})
 
 
+# -- the OpenAPI description ------------------------------------------------------------------------
+
+
+def worker_paths(base: str, suffix: str) -> dict[str, Any]:
+    """The remote-worker routes of one type, as OpenAPI path items (`workerAuth` security)."""
+    worker = {"type": "object", "required": ["owner", "host", "pid"], "properties": {
+        "owner": {"type": "string", "maxLength": 200}, "host": {"type": "string", "maxLength": 200},
+        "pid": {"type": "integer", "minimum": 0}, "slots": {"type": "integer"}, "running": {"type": "integer"},
+        "started_at": {"type": "string", "format": "date-time"}}}
+    attempt = {"task_id": {"type": "string"}, "attempt": {"type": "integer", "minimum": 1}}
+    bodies = {
+        "claim": ("Claim the next due task (long-polls up to `wait` seconds, at most 30).",
+                  {"worker": worker, "wait": {"type": "number", "minimum": 0, "maximum": MAX_CLAIM_WAIT}},
+                  ["worker"]),
+        "heartbeat": ("Register the worker and keep its tasks; answers the ids it lost and the cancels asked.",
+                      {"worker": worker, "task_ids": {"type": "array", "items": {"type": "string"}}}, ["worker"]),
+        "progress": ("Record the progress of an attempt.",
+                     {**attempt, "percent": {"type": "number", "minimum": 0, "maximum": 100},
+                      "message": {"type": ["string", "null"]}}, ["task_id", "attempt", "percent"]),
+        "log": ("Append log lines of an attempt to the task's log file.",
+                {**attempt, "lines": {"type": "array", "items": {"type": "string"}}}, ["task_id", "attempt", "lines"]),
+        "finish": ("Record how an attempt ended; 409 when it is no longer the task's current attempt.",
+                   {**attempt, "worker": worker, "retries": {"type": "integer", "minimum": 0},
+                    "ending": {"type": "string", "enum": [*FINAL, "retry", "released"]}, "result": {},
+                    "error": {"type": ["string", "null"]}, "wait": {"type": "number", "minimum": 0},
+                    "progress": {"type": ["object", "null"]}}, ["worker", "task_id", "attempt", "ending"]),
+        "leave": ("The worker stops: its registry entry goes.", {"worker": worker}, ["worker"]),
+    }
+    paths: dict[str, Any] = {}
+    for route, (summary, properties, required) in bodies.items():
+        paths[f"{base}/worker/{route}"] = {"post": {
+            "operationId": f"worker_{route}{suffix}", "summary": summary, "tags": ["remote workers"],
+            "security": [{"workerAuth": []}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": required, "properties": properties}}}},
+            "responses": {
+                "200": {"description": "Done; `data` as described.", "content": {"application/json": {
+                    "schema": {"type": "object"}}}},
+                **{code: {"$ref": f"#/components/responses/{code}"} for code in ("400", "401", "404", "409", "413", "415")},
+            },
+        }}
+    return paths
+
+
 # -- reading a worker's request ------------------------------------------------------------------
 
 
