@@ -11,7 +11,6 @@ from __future__ import annotations
 import builtins
 import logging
 import os
-import time
 import uuid
 from concurrent.futures import CancelledError, Future
 from datetime import datetime, timedelta
@@ -23,6 +22,7 @@ from . import instances, lifecycle, logs, signals
 from .backend import Backend, StoreBackend, attempt_of
 from .errors import AsyncTaskError, InvalidParams, ShuttingDown
 from .executors import Executors
+from .longpoll import LongPolls
 from .process import PerProcess
 from .retry import RetryPolicy
 from .status import FINISHED, TaskStatus
@@ -42,8 +42,6 @@ from .worker import Worker
 logger = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-#: How often a long-poll looks at the database for tasks other processes run.
-LONG_POLL_INTERVAL = 0.05
 _UNSET: Any = object()
 
 class AsyncTask:
@@ -200,11 +198,12 @@ class AsyncTask:
             on_finished=lambda status, count: signals.emit(signals.task_finished, self, status=status, count=count),
             on_requeued=self._wake, logger_dir=self.logger_dir, result_ttl=self.result_ttl,
         )
+        self._long_polls = LongPolls(self._store.finished_among)
         #: The backend of a remote worker (`asynctask worker --url`), instead of the database.
         self._remote: Backend | None = None
         self._worker: PerProcess[Worker] = PerProcess(
             lambda: Worker(self, self._remote or self._backend, self._executors, claiming=self.worker,
-                           sweeping=self.worker_token is not None)
+                           sweeping=self.worker_token is not None, on_end=self._long_polls.ended)
         )
         self._closed = False
         self.logger_dir.mkdir(parents=True, exist_ok=True)
@@ -320,16 +319,12 @@ class AsyncTask:
 
     def wait(self, task_id: str, timeout: float) -> dict[str, Any] | None:
         """The task's view as soon as it has finished, or after `timeout` seconds as it is then."""
-        deadline = time.monotonic() + max(timeout, 0.0)
-        finished = self._runtime().finished
-        while True:
-            view = self.retrieve(task_id)
-            left = deadline - time.monotonic()
-            if view is None or view.get("status") in FINISHED or left <= 0:
-                return view
-            with finished:
-                # Woken at once by a task of this process; other processes' tasks are polled.
-                finished.wait(min(left, LONG_POLL_INTERVAL))
+        view = self.retrieve(task_id)
+        if view is None or view.get("status") in FINISHED or timeout <= 0:
+            return view
+        # Woken at once by a task of this process; one read per interval watches the others.
+        self._long_polls.wait(task_id, timeout)
+        return self.retrieve(task_id)
 
     def list(self, status: str | None = None, limit: int = 50, skip: int = 0,
              search: str | None = None) -> dict[str, Any]:
@@ -501,6 +496,7 @@ class AsyncTask:
     def __getstate__(self) -> dict[str, Any]:
         """What a child process needs to run `main`: no collection, pool, thread or lock."""
         state = self.__dict__.copy()
-        for name in ("collection", "_store", "_executors", "_worker", "_workers", "_limit", "_signature", "_backend", "_remote"):
+        for name in ("collection", "_store", "_executors", "_worker", "_workers", "_limit", "_signature", "_backend",
+                     "_remote", "_long_polls"):
             state.pop(name, None)
         return state

@@ -48,7 +48,7 @@ class Worker:
     """
 
     def __init__(self, task: AsyncTask, backend: Backend, executors: Executors, *, claiming: bool,
-                 sweeping: bool = False) -> None:
+                 sweeping: bool = False, on_end: Callable[[str], None] = lambda task_id: None) -> None:
         self.task = task
         #: Runs the loop without claiming, to sweep for a fleet of remote workers (an API-only
         #: process of a type that takes them).
@@ -74,8 +74,8 @@ class Worker:
         self._backlog = False
         self._stopped = False
         self._thread: threading.Thread | None = None
-        #: Notified whenever an attempt of this process ends, for long-polls.
-        self.finished = threading.Condition()
+        #: Told the task id whenever an attempt of this process ends, for long-polls.
+        self.on_end = on_end
 
     # -- slots --------------------------------------------------------------------------------
 
@@ -171,8 +171,7 @@ class Worker:
             if keep:
                 self._reserved += 1
             self._cond.notify_all()
-        with self.finished:
-            self.finished.notify_all()
+        self.on_end(attempt.task_id)
         return keep
 
     def let_go(self, attempt: Attempt) -> None:

@@ -497,6 +497,14 @@ class TaskStore:
             {"$set": {"progress": {"percent": percent, "message": message}}},
         ).matched_count == 1
 
+    def finished_among(self, task_ids: builtins.list[str]) -> builtins.list[str]:
+        """Which of `task_ids` have finished (one query on the task-id index), for long-polls."""
+        cursor = self.collection.find(
+            {"task_id": {"$in": task_ids}, "type": self.type, "status": {"$in": list(FINISHED)}},
+            {"_id": 0, "task_id": 1},
+        )
+        return [doc["task_id"] for doc in cursor]
+
     def is_latest(self, task_id: str, attempt: int) -> bool:
         """Whether `attempt` is the task's latest attempt (running or just ended)."""
         return self.collection.find_one({"task_id": task_id, "type": self.type, "attempts": attempt},
