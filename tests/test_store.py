@@ -244,3 +244,11 @@ def test_stored_params_of_unknown_task_is_not_found(store):
     with pytest.raises(TaskNotFound) as info:
         store.stored_params("nope")
     assert isinstance(info.value, LookupError)
+
+
+def test_the_claim_and_sweep_indexes_hold_only_queued_and_running_tasks(store):
+    submit(store)
+    indexes = store.collection.index_information()
+    assert indexes["claim_queued"]["partialFilterExpression"] == {"status": "queued"}
+    assert indexes["due_queued"]["partialFilterExpression"] == {"status": "queued"}
+    assert indexes["running"]["partialFilterExpression"] == {"status": "running"}

@@ -12,9 +12,10 @@ process-local lock:
 Indexes, and the queries each one serves:
 - `task_id_unique` (task_id): every query by id, the submission's upsert, heartbeats and cancel
   checks of the tasks a worker holds (`task_id $in [...]`).
-- `claim` (type, status, priority desc, run_at): the claim's filter and sort, the queue depth
-  and the oldest due task.
-- `orphans` (type, status, heartbeat_at): the sweep of running tasks whose worker went silent.
+- `claim_queued` (type, priority desc, run_at; only queued tasks): the claim's filter and sort.
+- `due_queued` (type, run_at; only queued tasks): the queue depth and the oldest due task.
+- `running` (type, worker; only running tasks): the sweep's read of the heartbeat counters,
+  and the running count per worker of `/workers`.
 - `list_all` (type, created_at desc, task_id) and `list_status` (type, status, created_at desc,
   task_id): the list, newest first, with and without a status filter; stats by submission time.
 - `started` (type, started_at) and `finished` (type, finished_at): stats over a time window.
@@ -89,9 +90,14 @@ class TaskStore:
             return
         create = self.collection.create_index
         create([("task_id", ASCENDING)], unique=True, name="task_id_unique")
-        create([("type", ASCENDING), ("status", ASCENDING), ("priority", DESCENDING), ("run_at", ASCENDING)],
-               name="claim")
-        create([("type", ASCENDING), ("status", ASCENDING), ("heartbeat_at", ASCENDING)], name="orphans")
+        # Partial: only queued (running) tasks are in them, so finished tasks cost the claim (the
+        # sweep) nothing however many are kept.
+        queued = {"status": TaskStatus.QUEUED.value}
+        create([("type", ASCENDING), ("priority", DESCENDING), ("run_at", ASCENDING)], name="claim_queued",
+               partialFilterExpression=queued)
+        create([("type", ASCENDING), ("run_at", ASCENDING)], name="due_queued", partialFilterExpression=queued)
+        create([("type", ASCENDING), ("worker", ASCENDING)], name="running",
+               partialFilterExpression={"status": TaskStatus.RUNNING.value})
         create([("type", ASCENDING), ("created_at", DESCENDING), ("task_id", ASCENDING)], name="list_all")
         create([("type", ASCENDING), ("status", ASCENDING), ("created_at", DESCENDING), ("task_id", ASCENDING)],
                name="list_status")
