@@ -26,8 +26,7 @@ from .status import TaskStatus
 from .store.connection import default_collection
 from .store.memory import MemoryCollection
 from .task import AsyncTask
-
-__version__ = "0.2.0"
+from .version import __version__
 
 __all__ = [
     "AsyncClient",

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from . import expiry
 from .attempt import Attempt
+from .expiry import remove_expired_logs
 from .status import TaskStatus
 from .store.registry import ConcurrencySlots, Workers
 from .store.tasks import TaskStore, utcnow
@@ -133,7 +133,7 @@ class StoreBackend:
             )
         sweeper.sweep()
         if self.result_ttl is not None and self.logger_dir is not None:
-            expiry.remove_expired_logs(self.logger_dir, self.result_ttl, self.store.existing)
+            remove_expired_logs(self.logger_dir, self.result_ttl, self.store.existing)
 
     # -- how attempts end -----------------------------------------------------------------
 

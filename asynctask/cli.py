@@ -160,7 +160,7 @@ def serve_command(target: str, bind: str, workers: int, endpoint: str, preload: 
 def worker_command(targets: tuple[str, ...], concurrency: int | None, grace: float, url: str | None,
                    token: str | None) -> int:
     """Run the queued tasks of each MODULE:OBJ (an AsyncTask), without an HTTP API."""
-    from .worker import run_worker
+    from .worker_command import run_worker
 
     if url is None:
         return run_worker(list(targets), concurrency=concurrency or None, grace=grace)
@@ -173,7 +173,7 @@ def migrate_command(targets: tuple[str, ...]) -> int:
     """Adopt the tasks asynctask 0.1 stored as tasks of each MODULE:OBJ's type (workers also do
     it when they start); prints how many."""
     from .instances import autostart
-    from .worker import load_tasks
+    from .worker_command import load_tasks
 
     with autostart(False):
         tasks = load_tasks(targets)

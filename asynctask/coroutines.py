@@ -72,7 +72,7 @@ class EventLoop:
 
     def _watch(self) -> None:
         """Ping the loop; report it blocked, with the task ids it was running, once per block."""
-        from . import metrics
+        from .metrics import loop_lag
 
         reported = False
         while not self._closed.wait(PING_EVERY):
@@ -86,7 +86,7 @@ class EventLoop:
                 if self._closed.is_set():
                     return
                 self.lag = time.monotonic() - sent
-                metrics.loop_lag(self.lag)
+                loop_lag(self.lag)
                 if not reported:
                     reported = True
                     ids = sorted(set(self.running.copy().values()))
@@ -94,7 +94,7 @@ class EventLoop:
                                    "(a coroutine must not call blocking code such as time.sleep)",
                                    self.lag, ", ".join(ids) or "none")
             self.lag = time.monotonic() - sent
-            metrics.loop_lag(self.lag)
+            loop_lag(self.lag)
             reported = False
 
     def close(self) -> None:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import logs
 from .attempt import Attempt, running
+from .logs import opened
 from .process import PerProcess
 from .validation import check_result, positive_int
 
@@ -196,7 +196,7 @@ def call_main(task: Any, attempt: Attempt) -> MainReturn:
 
         attempt.reporter = report
     task_logger = task.get_logger(attempt.task_id)
-    with running(attempt), logs.opened(task_logger, Path(task.logger_dir), attempt.task_id, attempt.trace_id) as log:
+    with running(attempt), opened(task_logger, Path(task.logger_dir), attempt.task_id, attempt.trace_id) as log:
         # The last progress goes back with the outcome and is written with it: sent through the
         # progress queue, it could arrive after the outcome, when it is no longer written.
         try:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from . import logs
+from .logs import log_files
 
 #: The next time each log folder is looked at (monotonic seconds).
 _next_look: dict[Path, float] = {}
@@ -26,7 +26,7 @@ def remove_expired_logs(logger_dir: Path, ttl: timedelta, existing: Callable[[li
     _next_look[logger_dir] = now + min(60.0, ttl.total_seconds())
     cutoff = time.time() - ttl.total_seconds()
     old = {
-        task_id: paths for task_id, paths in logs.log_files(logger_dir).items()
+        task_id: paths for task_id, paths in log_files(logger_dir).items()
         if all(_modified(path) < cutoff for path in paths)
     }
     ids = list(old)

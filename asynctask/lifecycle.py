@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from . import attempt as attempts
-from . import logs, signals
-from .attempt import Attempt
+from .attempt import Attempt, running
 from .errors import AsyncTaskError, TaskTimeout
 from .executors import call_main
+from .logs import opened, public_error
+from .signals import attempt_ended, attempt_started, emit
 from .status import FINISHED, Ending, TaskStatus
 from .validation import check_result
 
@@ -61,7 +61,7 @@ class Outcome:
 def run_attempt(task: AsyncTask, worker: Worker, attempt: Attempt) -> None:
     """One attempt, in a slot thread: execute, record the outcome, notify the hook."""
     run = AttemptRun(task, worker, attempt)
-    with attempts.running(attempt):
+    with running(attempt):
         try:
             run.finish(execute(task, attempt, run.begin(), worker.executors.main_executor()))
         except Exception as exc:  # noqa: BLE001 - after a claim, every failure ends as an outcome
@@ -74,7 +74,7 @@ async def run_coroutine_attempt(task: AsyncTask, worker: Worker, attempt: Attemp
     """One attempt of an `async def main`, on this process's event loop: the same steps, with
     every database write and file operation sent off the loop through `blocking`."""
     run = AttemptRun(task, worker, attempt)
-    with attempts.running(attempt):
+    with running(attempt):
         try:
             task_log = await blocking(run.begin)
             outcome = await execute_coroutine(task, attempt, task_log)
@@ -99,10 +99,10 @@ class AttemptRun:
 
     def begin(self) -> logging.Logger:
         task, attempt = self.task, self.attempt
-        signals.emit(signals.attempt_started, task, attempt=attempt)
+        emit(attempt_started, task, attempt=attempt)
         if attempt.reporter is None:
             attempt.reporter = functools.partial(self.worker.backend.progress, attempt.task_id, attempt.number)
-        self.log = self._files.enter_context(logs.opened(
+        self.log = self._files.enter_context(opened(
             task.get_logger(attempt.task_id), task.logger_dir, attempt.task_id, attempt.trace_id
         ))
         self._files.enter_context(self.worker.backend.log_shipping(self.log, attempt))
@@ -123,7 +123,7 @@ class AttemptRun:
         except Exception:
             logger.exception("task %s: closing its log failed", attempt.task_id)
         free(task, self.worker, attempt)
-        signals.emit(signals.attempt_ended, task, attempt=attempt, ending=self.ending,
+        emit(attempt_ended, task, attempt=attempt, ending=self.ending,
                      seconds=time.monotonic() - self.began)
 
 
@@ -349,5 +349,5 @@ def error_text(exc: BaseException) -> str:
     """The error stored for a failed task: the user's frames, or one line for our own errors."""
     if isinstance(exc, AsyncTaskError):
         return "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    return logs.public_error(exc).strip()
+    return public_error(exc).strip()
 

@@ -23,7 +23,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from . import signals
+from .signals import attempt_ended, attempt_started, task_finished, task_submitted
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -109,7 +109,7 @@ def render(tasks: Iterable[Any] = ()) -> tuple[bytes, str]:
     oldest = Gauge("asynctask_queue_oldest_due_seconds", OLDEST_DUE_HELP, ["task"], registry=queue)
     now = datetime.now(timezone.utc)
     for task in tasks:
-        count, since = task._store.queue_depth(now)
+        count, since = task.asynctask_engine.store.queue_depth(now)
         depth.labels(task=task.name).set(count)
         oldest.labels(task=task.name).set(max((now - since).total_seconds(), 0.0) if since else 0.0)
     return generate_latest(registry) + generate_latest(queue), CONTENT_TYPE_LATEST
@@ -135,10 +135,10 @@ def _on_finished(sender: Any, *, status: str, count: int = 1, **_: Any) -> None:
         finished(sender.name, status, None)
 
 
-signals.task_submitted.connect(_on_submitted)
-signals.attempt_started.connect(_on_started)
-signals.attempt_ended.connect(_on_ended)
-signals.task_finished.connect(_on_finished)
+task_submitted.connect(_on_submitted)
+attempt_started.connect(_on_started)
+attempt_ended.connect(_on_ended)
+task_finished.connect(_on_finished)
 
 
 def mark_process_dead(pid: int) -> None:

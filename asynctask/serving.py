@@ -81,9 +81,9 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 def child_exit(server: Any, worker: Any) -> None:
     """gunicorn hook, in the master: drop the live metrics of a worker that exited."""
-    from . import metrics
+    from .metrics import mark_process_dead
 
-    metrics.mark_process_dead(worker.pid)
+    mark_process_dead(worker.pid)
 
 
 def load(target: str, endpoint: str = "/api") -> Any:

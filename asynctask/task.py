@@ -17,14 +17,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-from . import attempt as attempts
-from . import instances, lifecycle, logs, signals
+from .attempt import current as current_attempt
 from .backend import Backend, StoreBackend, attempt_of
+from .engine import Engine
 from .errors import AsyncTaskError, InvalidParams, ShuttingDown
 from .executors import Executors
+from .instances import forget as forget_instance
+from .instances import register as register_instance
+from .lifecycle import error_text
+from .logs import task_logger
 from .longpoll import LongPolls
 from .process import PerProcess
 from .retry import RetryPolicy
+from .signals import emit, task_finished, task_submitted
 from .status import FINISHED, TaskStatus
 from .store.registry import ConcurrencySlots, Workers
 from .store.tasks import TaskStore
@@ -195,10 +200,13 @@ class AsyncTask:
         self._backend = StoreBackend(
             self._store, self._workers, self._limit, stale_after=self.stale_after.total_seconds(),
             heartbeat_interval=self.heartbeat_interval.total_seconds(), max_attempts=self.max_attempts,
-            on_finished=lambda status, count: signals.emit(signals.task_finished, self, status=status, count=count),
+            on_finished=lambda status, count: emit(task_finished, self, status=status, count=count),
             on_requeued=self._wake, logger_dir=self.logger_dir, result_ttl=self.result_ttl,
         )
         self._long_polls = LongPolls(self._store.finished_among)
+        #: What runs this type, for the web layer, the worker command and metrics.
+        self.asynctask_engine = Engine(store=self._store, backend=self._backend, workers=self._workers,
+                                       submit=self._submit, runtime=self._runtime, start_worker=self._start_worker)
         #: The backend of a remote worker (`asynctask worker --url`), instead of the database.
         self._remote: Backend | None = None
         self._worker: PerProcess[Worker] = PerProcess(
@@ -207,7 +215,7 @@ class AsyncTask:
         )
         self._closed = False
         self.logger_dir.mkdir(parents=True, exist_ok=True)
-        instances.register(self)
+        register_instance(self)
 
     @property
     def outdate_time(self) -> timedelta | None:
@@ -230,7 +238,7 @@ class AsyncTask:
 
     def get_logger(self, task_id: str) -> logging.Logger:
         """The task's logger, named `task_id`; its file is open while an attempt runs."""
-        return logs.task_logger(task_id)
+        return task_logger(task_id)
 
     def callback(self, future: Future, task_id: str) -> Any:
         """Notified when `main` is done, with a done future; returns the result (None on failure).
@@ -240,7 +248,7 @@ class AsyncTask:
         the original tool's users did), it records that outcome, creating the document if needed.
         """
         error = future.exception() if not future.cancelled() else CancelledError()
-        if attempts.current(task_id) is not None:
+        if current_attempt(task_id) is not None:
             return None if error is not None else future.result()
         if error is None:
             result = future.result()
@@ -251,7 +259,7 @@ class AsyncTask:
             else:
                 self._store.record(task_id, TaskStatus.SUCCESS, result=result)
                 return result
-        self._store.record(task_id, TaskStatus.FAILED, error=lifecycle.error_text(error))
+        self._store.record(task_id, TaskStatus.FAILED, error=error_text(error))
         return None
 
     # -- public API -------------------------------------------------------------------------
@@ -289,7 +297,7 @@ class AsyncTask:
         """
         status = self._store.request_cancel(check_task_id(task_id))
         if status == TaskStatus.CANCELLED.value:
-            signals.emit(signals.task_finished, self, status=status)
+            emit(task_finished, self, status=status)
         elif (worker := self._worker.peek()) is not None:
             worker.stop_attempts(task_id, "cancelled")
         return status
@@ -402,7 +410,7 @@ class AsyncTask:
         """
         self._closed = True
         worker = self._worker.take()
-        instances.forget(self)
+        forget_instance(self)
         left = 0
         if worker is not None:
             left = worker.stop(grace if grace is not None else (None if wait else 0.0), release=grace is not None)
@@ -450,7 +458,7 @@ class AsyncTask:
                 worker.unreserve()
             raise
         if submitted:
-            signals.emit(signals.task_submitted, self, task_id=task_id)
+            emit(task_submitted, self, task_id=task_id)
         if submitted and reserved and doc["status"] == TaskStatus.RUNNING.value:
             worker.dispatch(attempt_of(doc), worker.deadline(), reserved=True)
         else:
@@ -497,6 +505,6 @@ class AsyncTask:
         """What a child process needs to run `main`: no collection, pool, thread or lock."""
         state = self.__dict__.copy()
         for name in ("collection", "_store", "_executors", "_worker", "_workers", "_limit", "_signature", "_backend",
-                     "_remote", "_long_polls"):
+                     "_remote", "_long_polls", "asynctask_engine"):
             state.pop(name, None)
         return state

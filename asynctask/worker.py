@@ -17,18 +17,16 @@ import functools
 import inspect
 import logging
 import os
-import signal
 import socket
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import lifecycle
 from .attempt import Attempt
 from .coroutines import event_loop
+from .lifecycle import refuse, run_attempt, run_coroutine_attempt, time_out
 from .store.registry import worker_name
 from .store.tasks import utcnow
 
@@ -108,7 +106,7 @@ class Worker:
             else:
                 self.executors.slots().submit(self._work, attempt)
         except Exception as exc:
-            _logged(lifecycle.refuse, self.task, self, attempt, exc)
+            _logged(refuse, self.task, self, attempt, exc)
             self._ended(attempt)
 
     def _await(self, attempt: Attempt) -> None:
@@ -124,7 +122,7 @@ class Worker:
         # Progress of a coroutine is written by a helper thread, never on the loop.
         write = functools.partial(self.backend.progress, attempt.task_id, attempt.number)
         attempt.reporter = lambda percent, message: loop.helpers.submit(write, percent, message)
-        loop.submit(attempt.task_id, lifecycle.run_coroutine_attempt(self.task, self, attempt, loop.blocking), done)
+        loop.submit(attempt.task_id, run_coroutine_attempt(self.task, self, attempt, loop.blocking), done)
 
     def _enter(self, attempt: Attempt, deadline: float, *, reserved: bool) -> None:
         with self._cond:
@@ -138,7 +136,7 @@ class Worker:
         """A slot's thread: run the attempt; while the queue has more work, claim the next here
         (keeping the slot, so no other claim counts on it) rather than hand it back to the loop."""
         while attempt is not None:
-            _logged(lifecycle.run_attempt, self.task, self, attempt)
+            _logged(run_attempt, self.task, self, attempt)
             attempt = self._next(attempt)
 
     def _next(self, attempt: Attempt) -> Attempt | None:
@@ -240,7 +238,7 @@ class Worker:
                 next_beat = now + beat
                 self._beat()
             for attempt in self._take_expired():
-                _logged(lifecycle.time_out, task, self, attempt)
+                _logged(time_out, task, self, attempt)
                 self.let_go(attempt)
             if due[2]:
                 next_check = now + min(poll, beat)
@@ -344,22 +342,6 @@ class Worker:
             logger.info("released %d unfinished task(s) of %s", released, self.name)
 
 
-def _remote(task: AsyncTask, url: str, token: str | None, stop: threading.Event) -> Backend:
-    """The HTTP backend of `task` at the service `url`, once the service answers (or a signal)."""
-    from .errors import ServiceUnreachable
-    from .remote.backend import HttpBackend
-    wait = min(task.poll_interval.total_seconds(), task.heartbeat_interval.total_seconds() / 3, 30.0)
-    pause = 0.5
-    while True:
-        try:
-            return HttpBackend.for_task(url, token, task.name, claim_wait=wait)
-        except ServiceUnreachable as exc:
-            logger.warning("the service does not answer yet (%s); trying again in %gs", exc, pause)
-            if stop.wait(pause):
-                raise SystemExit(0) from None
-            pause = min(pause * 2, 10.0)
-
-
 def _logged(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run one step of the loop; an error is logged so that the loop goes on."""
     try:
@@ -367,61 +349,3 @@ def _logged(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     except Exception:
         logger.exception("asynctask worker: %s failed", getattr(function, "__name__", function))
         return None
-
-
-# -- the `asynctask worker` command -------------------------------------------------------------
-
-
-def load_tasks(targets: Iterable[str]) -> list[AsyncTask]:
-    """The `AsyncTask` objects named by 'module:object' (a task, or a Flask app serving tasks)."""
-    import importlib
-
-    from .task import AsyncTask
-
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    tasks: list[AsyncTask] = []
-    for target in targets:
-        module_name, _, name = target.partition(":")
-        if not module_name or not name:
-            raise ValueError(f"expected MODULE:OBJECT, not {target!r}")
-        obj = getattr(importlib.import_module(module_name), name)
-        if isinstance(obj, AsyncTask):
-            tasks.append(obj)
-            continue
-        served = [task for task, _ in getattr(obj, "extensions", {}).get("asynctask", [])]
-        if not served:
-            raise TypeError(f"{target} is neither an AsyncTask nor a Flask app serving one")
-        tasks.extend(served)
-    return tasks
-
-
-def run_worker(targets: list[str], *, concurrency: int | None = None, grace: float = 20.0,
-               url: str | None = None, token: str | None = None) -> int:
-    """Run the task types named by `targets` until SIGTERM or SIGINT; serve no HTTP.
-
-    With `url` it is a remote worker: it reaches the service at `url` over HTTP with the
-    worker `token`, and never the database. On the signal it takes no new work, gives running
-    tasks `grace` seconds, releases the rest to the queue and returns 0.
-    """
-    from .instances import autostart, shutdown_all
-
-    with autostart(False):
-        tasks = load_tasks(targets)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    for task in tasks:
-        task._start_worker(concurrency, None if url is None else _remote(task, url, token, stop))
-    names = ", ".join(task.name for task in tasks)
-    slots = ", ".join(str(task._runtime().capacity) for task in tasks)
-    print(f"asynctask worker {worker_name()} ready: {names} (slots: {slots})", flush=True)
-    while not stop.wait(1.0):
-        pass  # a timed wait, so the signal handler runs promptly in the main thread
-    released = shutdown_all(grace)
-    print(f"asynctask worker {worker_name()} stopped ({released} task(s) released)", flush=True)
-    if released:
-        # Their `main` threads cannot be interrupted: exit now rather than wait for them.
-        logging.shutdown()
-        os._exit(0)
-    return 0

@@ -302,7 +302,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list:
     import asynctask.serving
 
     monkeypatch.setattr(asynctask.serving, "serve", serve)
-    monkeypatch.setitem(sys.modules, "asynctask.worker", types.SimpleNamespace(run_worker=run_worker))
+    monkeypatch.setitem(sys.modules, "asynctask.worker_command", types.SimpleNamespace(run_worker=run_worker))
     return made
 
 
@@ -321,9 +321,12 @@ def test_serve_passes_its_options_on(calls, capsys):
 def test_worker_runs_the_targets_and_exits_with_their_code(calls, capsys):
     assert main(["worker", "app:first", "app:second"]) == 7
     assert main(["worker", "app:first", "--concurrency", "4", "--grace", "2.5"]) == 7
+    assert main(["worker", "app:first", "--url", "https://tasks.example", "--token", "t"]) == 7
     assert calls == [
         ("run_worker", (["app:first", "app:second"],), {"concurrency": None, "grace": 20.0}),
         ("run_worker", (["app:first"],), {"concurrency": 4, "grace": 2.5}),
+        ("run_worker", (["app:first"],), {"concurrency": None, "grace": 20.0, "url": "https://tasks.example",
+                                          "token": "t"}),
     ]
     code = main(["worker"])  # a target is required
     assert code == 2 and "MODULE:OBJ" in capsys.readouterr().err

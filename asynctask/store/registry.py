@@ -118,7 +118,7 @@ def live_workers(tasks: Iterable[Any]) -> list[dict[str, Any]]:
     types = sorted({task.name for task in tasks})
     found: dict[str, dict[str, Any]] = {}
     for task in {id(task.collection): task for task in tasks}.values():
-        for entry in task._workers.live(types):
+        for entry in task.asynctask_engine.workers.live(types):
             found.setdefault(entry["worker"], entry)
     return sorted(found.values(), key=lambda w: (w["host"], w["pid"]))
 

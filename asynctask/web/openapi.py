@@ -86,7 +86,7 @@ def openapi_spec(task: AsyncTask, endpoint: str = "/api", *, title: str | None =
 
 def openapi_document(services: Iterable[tuple[AsyncTask, str]], *, title: str | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 document of one app serving several (task, endpoint) pairs."""
-    from .. import __version__
+    from ..version import __version__
 
     services = [(task, _base(endpoint)) for task, endpoint in services]
     if not services:

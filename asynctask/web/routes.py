@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, cast
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, Unauthorized
 
-from .. import logs
 from ..errors import AsyncTaskError, BadRequest, TaskNotFound
 from ..jsonable import jsonable
+from ..logs import read_log
 from ..status import TaskStatus
 from ..store.registry import live_workers
 from ..validation import MAX_WAIT, TASK_ID_CHARS, check_task_id
@@ -228,7 +228,7 @@ def create_blueprint(task: AsyncTask, endpoint: str = "/api", name: str | None =
         unknown = sorted(set(body) - {"data", "priority", "delay", "run_at"})
         if unknown:
             raise BadRequest(f"unexpected field(s) in the body: {', '.join(unknown)}")
-        doc = task._submit(
+        doc = task.asynctask_engine.submit(
             params, task_id=task_id, priority=body.get("priority", 0), delay=body.get("delay"),
             run_at=body.get("run_at"), trace_id=g.asynctask_trace_id,
         )
@@ -290,7 +290,7 @@ def create_blueprint(task: AsyncTask, endpoint: str = "/api", name: str | None =
         # Only a task of this type has a log here: no other file in logger_dir is ever served.
         if task.retrieve(task_id) is None:
             raise TaskNotFound(f"task {task_id!r} not found")
-        read = logs.read_log(task.logger_dir, task_id, offset)
+        read = read_log(task.logger_dir, task_id, offset)
         if read is None:
             raise TaskNotFound(f"task {task_id!r} has no log")
         chunk, next_offset = read
@@ -369,9 +369,9 @@ def _register_service_routes(app: Flask) -> None:
     @app.get("/metrics")
     def metrics() -> Response:
         protected()
-        from .. import metrics as prometheus
+        from ..metrics import render
 
-        body, content_type = prometheus.render(task for task, _ in _tasks())
+        body, content_type = render(task for task, _ in _tasks())
         return Response(body, content_type=content_type)
 
     @app.get("/openapi.json")
@@ -383,12 +383,12 @@ def _register_service_routes(app: Flask) -> None:
 
     @app.after_request
     def count(response: Response) -> Response:
-        from .. import metrics as prometheus
+        from ..metrics import request as count_request
 
         route = request.url_rule.rule if request.url_rule else "<unmatched>"
         # A made-up method name (`FOO /api`) is not a new label each time.
         method = request.method if request.method in STANDARD_METHODS else "other"
-        prometheus.request(method, route, response.status_code)
+        count_request(method, route, response.status_code)
         return response
 
     app.before_request(_trace)

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, abort, g, request
 
-from .. import logs
 from ..attempt import Attempt
 from ..errors import AttemptSuperseded, BadRequest, ResultNotStorable
+from ..logs import log_path
 from ..status import TaskStatus
 from ..validation import check_result, check_task_id
 from .routes import check_token, envelope, json_body
@@ -37,7 +37,7 @@ def create_worker_blueprint(task: AsyncTask, endpoint: str) -> Blueprint:
     """The remote-worker routes of `task` under `endpoint` (`{endpoint}/worker/...`)."""
     base = endpoint.rstrip("/")
     blueprint = Blueprint(f"asynctask_worker{base.replace('/', '_') or '_root'}", __name__)
-    backend = task._backend
+    backend = task.asynctask_engine.backend
 
     @blueprint.before_request
     def guard() -> None:
@@ -102,10 +102,10 @@ def create_worker_blueprint(task: AsyncTask, endpoint: str) -> Blueprint:
         lines = _list(body, "lines")
         if not all(isinstance(line, str) for line in lines):
             raise BadRequest("'lines' must be a list of strings")
-        if not task._store.is_latest(attempt.task_id, attempt.number):  # its last lines may follow its end
+        if not task.asynctask_engine.store.is_latest(attempt.task_id, attempt.number):  # its last lines may follow its end
             raise AttemptSuperseded(f"attempt {attempt.number} of task {attempt.task_id} is no longer current")
         text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
-        with open(logs.log_path(task.logger_dir, attempt.task_id), "a", encoding="utf-8") as file:
+        with open(log_path(task.logger_dir, attempt.task_id), "a", encoding="utf-8") as file:
             file.write(text)
         return envelope({"lines": len(lines)})
 
