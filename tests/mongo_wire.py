@@ -312,6 +312,8 @@ class MockBackend:
         n, errors = 0, []
         for index, doc in enumerate(body.get("documents", [])):
             try:
+                if len(bson.encode(doc)) > MAX_BSON_SIZE:
+                    raise CommandError(10334, f"object to insert too large; size limit: {MAX_BSON_SIZE}")
                 coll.insert_one(doc)
                 n += 1
             except Exception as exc:
@@ -320,9 +322,29 @@ class MockBackend:
                     break
         return self._write_reply(n, errors)
 
-    @staticmethod
-    def _apply_update(coll: Any, query: Document, update: Any, *, upsert: bool, multi: bool = False,
+    @classmethod
+    def _apply_update(cls, coll: Any, query: Document, update: Any, *, upsert: bool, multi: bool = False,
                       array_filters: list[Document] | None = None) -> Any:
+        """Apply one update; like MongoDB, one whose resulting document is over 16 MiB changes
+        nothing and fails. (Only updates that carry over 1 MiB themselves are checked, so the
+        many small ones cost no extra read.)"""
+        if len(bson.encode({"u": update} if isinstance(update, dict) else {"u": list(update)})) < 1024 * 1024:
+            return cls._update_unchecked(coll, query, update, upsert=upsert, multi=multi, array_filters=array_filters)
+        before = {doc["_id"]: doc for doc in coll.find(query)}
+        result = cls._update_unchecked(coll, query, update, upsert=upsert, multi=multi, array_filters=array_filters)
+        touched = [*before, *([result.upserted_id] if result.upserted_id is not None else [])]
+        if any(len(bson.encode(doc)) > MAX_BSON_SIZE for doc in coll.find({"_id": {"$in": touched}})):
+            for _id in touched:
+                if _id in before:
+                    coll.replace_one({"_id": _id}, before[_id])
+                else:
+                    coll.delete_one({"_id": _id})
+            raise CommandError(17419, f"Resulting document after update is larger than {MAX_BSON_SIZE}")
+        return result
+
+    @staticmethod
+    def _update_unchecked(coll: Any, query: Document, update: Any, *, upsert: bool, multi: bool,
+                          array_filters: list[Document] | None) -> Any:
         if _is_operator_update(update):
             method = coll.update_many if multi else coll.update_one
             return method(query, update, upsert=upsert, array_filters=array_filters)

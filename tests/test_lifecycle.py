@@ -254,3 +254,34 @@ def test_tasks_stored_by_0_1_are_adopted(make_task, wait_for, memory):
     task.run(task_id="old-failed")
     assert wait_for(task, "old-failed")["result"] == 2, "a failed 0.1 task re-runs"
     assert task.migrate() == 0
+
+
+class Big(AsyncTask):
+    """Returns twice the text it was given: params and result together pass 16 MiB."""
+
+    calls = 0
+
+    def main(self, logger: logging.Logger, text: str) -> str:
+        Big.calls += 1
+        return text + text
+
+
+@pytest.mark.timeout(120)
+def test_a_document_over_16_mib_on_mongodb_fails_the_task_naming_why(tmp_path, mongo_uri, wait_for):
+    import uuid
+
+    from pymongo import MongoClient
+
+    client: MongoClient = MongoClient(mongo_uri, tz_aware=True)
+    collection = client["asynctask_test"][f"big_{uuid.uuid4().hex[:8]}"]
+    task = Big(collection, tmp_path, poll_interval=0.05)
+    try:
+        task_id = task.submit({"text": "x" * (7 * 1024 * 1024)})
+        view = wait_for(task, task_id, timeout=60)
+        assert view["status"] == "failed" and "could not be stored" in view["error"], view["error"]
+        assert Big.calls == 1, "main is not run again"
+        assert task.asynctask_engine.runtime().free_slots() == task.asynctask_engine.runtime().capacity
+    finally:
+        task.shutdown()
+        collection.drop()
+        client.close()

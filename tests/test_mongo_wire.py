@@ -317,3 +317,17 @@ def test_hello_is_answered_while_the_data_lock_is_held() -> None:
         assert "find" not in replies
     find.join(timeout=2)
     assert replies["find"]["ok"] == 1
+
+
+def test_a_write_whose_document_would_pass_16_mib_fails_and_changes_nothing(client: MongoClient) -> None:
+    coll = client[DB_NAME]["too_large"]
+    coll.drop()
+    coll.insert_one({"_id": 1, "a": "x" * (9 * 1024 * 1024)})
+    with pytest.raises(WriteError) as caught:
+        coll.update_one({"_id": 1}, {"$set": {"b": "y" * (9 * 1024 * 1024)}})
+    assert caught.value.code == 17419
+    with pytest.raises(OperationFailure):
+        coll.find_one_and_update({"_id": 1}, {"$set": {"b": "y" * (9 * 1024 * 1024)}})
+    doc = coll.find_one({"_id": 1})
+    assert set(doc) == {"_id", "a"} and len(doc["a"]) == 9 * 1024 * 1024
+    coll.drop()
