@@ -282,6 +282,8 @@ def run(seed: int, duration: float, workers: int = 4, drain: float = 120.0, fold
         report.submitted = len(submitted)
         docs = drain_and_read(fleet, submitted, drain)
         report.runs = check(report, truth, docs, submitted, cancels, fleet)
+        (folder / "faults.json").write_text(json.dumps({
+            "frozen": fleet.frozen, "died": fleet.died, "stalls": fleet.stalls, "cancels": cancels}))
     return report
 
 
@@ -356,9 +358,17 @@ def check(report: Report, truth: Path, docs: dict[str, dict[str, Any]], submitte
                         zombies.add(id(first))
                     else:
                         report.duplicates.append(task_id)
-    # the cap: mains running at once, zombies apart
-    events = sorted([(r["start"], 1) for r in runs if id(r) not in zombies]
-                    + [(r["end"], -1) for r in runs if id(r) not in zombies])
+    # The cap: mains running at once, zombies apart. A run frozen for longer than stale_after
+    # holds its slot until its worker may be judged lost; from then on its slot is rightly
+    # given to another task, and the run (resumed later, fenced) is a zombie.
+    def counted_until(run: dict[str, Any]) -> float:
+        judged = [began + STALE_AFTER for began, until in fleet.frozen.get(run["pid"], [])
+                  if run["start"] < until and began < run["end"] and until - began > STALE_AFTER]
+        return min([run["end"], *judged])
+
+    counted = [(r["start"], counted_until(r)) for r in runs if id(r) not in zombies]
+    events = sorted([(start, 1) for start, end in counted if end > start] + [(end, -1) for start, end in counted
+                                                                              if end > start])
     running = 0
     for _, step in events:
         running += step
