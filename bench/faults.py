@@ -359,10 +359,11 @@ def check(report: Report, truth: Path, docs: dict[str, dict[str, Any]], submitte
                     else:
                         report.duplicates.append(task_id)
     # The cap: mains running at once, zombies apart. A run frozen for longer than stale_after
-    # holds its slot until its worker may be judged lost; from then on its slot is rightly
-    # given to another task, and the run (resumed later, fenced) is a zombie.
+    # holds its slot until its worker may be judged lost: stale_after after its last heartbeat,
+    # which came up to a heartbeat interval (and a round trip) before the freeze. From then on
+    # its slot is rightly given to another task, and the run (resumed later, fenced) is a zombie.
     def counted_until(run: dict[str, Any]) -> float:
-        judged = [began + STALE_AFTER for began, until in fleet.frozen.get(run["pid"], [])
+        judged = [began + STALE_AFTER - HEARTBEAT - 0.1 for began, until in fleet.frozen.get(run["pid"], [])
                   if run["start"] < until and began < run["end"] and until - began > STALE_AFTER]
         return min([run["end"], *judged])
 
