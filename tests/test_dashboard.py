@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -261,6 +262,8 @@ def test_a_task_finishing_while_the_page_is_open_shows_success(make_task, serve,
 def test_filter_by_type_and_status_and_search_ids_params_and_errors(make_task, serve, page):
     square, explode = make_task(Square), make_task(Explode)
     alpha = square.run(n=1, label="alpha-report")
+    created = square.retrieve(alpha)["created_at"]
+    wait_until(lambda: datetime.now(timezone.utc) > created + timedelta(milliseconds=2))  # newest first, no tie
     beta = square.run(n=2, label="beta-report")
     boom = explode.run(reason="quota exceeded for tenant 42")
     for task, task_id in ((square, alpha), (square, beta), (explode, boom)):
@@ -319,7 +322,8 @@ def test_task_page_shows_params_result_log_and_details(make_task, serve, page, t
     expect(details.locator("div").filter(has_text="Attempts")).to_contain_text("1")
     expect(details.locator("div").filter(has_text="Finished")).to_contain_text("UTC")
     expect(page.get_by_role("button", name="Cancel", exact=True)).to_be_disabled()
-    expect(page.get_by_role("button", name="Retry", exact=True)).to_be_enabled()
+    # A success runs again only past the type's rerun_time_limit: Retry would do nothing.
+    expect(page.get_by_role("button", name="Retry", exact=True)).to_be_disabled()
     page.screenshot(path=tmp_path / "task.png", full_page=True)
     assert (tmp_path / "task.png").stat().st_size > 10_000
 
@@ -635,3 +639,91 @@ def test_every_app_has_the_dashboard(make_task):
         assert answer.mimetype == "text/html"
         for name in names:
             assert f">{name}</a></h2>" in answer.get_data(as_text=True)
+
+
+# -- sessions scoped to their token, forged cookies, logs of real tasks, honest buttons, paging ---
+
+
+def dashboard_client(app: Flask) -> Any:
+    """A test client of `app` holding the dashboard's CSRF cookie; `.csrf` is its value."""
+    client = app.test_client()
+    client.get("/dashboard/login")  # with a token; without one, any page sets it
+    if client.get_cookie(auth.CSRF_COOKIE, path="/dashboard") is None:
+        client.get("/dashboard/tasks")
+    client.csrf = client.get_cookie(auth.CSRF_COOKIE, path="/dashboard").value
+    return client
+
+
+def sign_in(client: Any, token: str) -> None:
+    answer = client.post("/dashboard/login", data={"token": token, "csrf_token": client.csrf})
+    assert answer.status_code == 303, answer.data
+
+
+def test_a_session_acts_only_on_the_types_its_token_signs_in(make_task):
+    square, explode = make_task(Square, api_token="alpha-token"), make_task(Explode, api_token="beta-token")
+    mine, theirs = square.run(n=3), explode.run(reason="no")
+    wait_for(square, mine)
+    wait_for(explode, theirs)
+    client = dashboard_client(app_of(square, explode))
+    sign_in(client, "alpha-token")
+    listing = client.get("/dashboard/tasks").get_data(as_text=True)
+    assert mine in listing and theirs not in listing
+    assert "Explode" not in client.get("/dashboard").get_data(as_text=True)
+    assert client.get(f"/dashboard/tasks/Explode/{theirs}").status_code == 404
+    assert client.get(f"/dashboard/tasks/Explode/{theirs}/log").status_code == 404
+    retried = client.post(f"/dashboard/tasks/Explode/{theirs}/retry", data={"csrf_token": client.csrf})
+    assert retried.status_code == 404 and explode.retrieve(theirs)["attempts"] == 1
+    bulk = client.post("/dashboard/bulk", data={"action": "retry", "status": "failed", "csrf_token": client.csrf})
+    assert bulk.status_code == 303 and explode.retrieve(theirs)["status"] == "failed", "bulk spares other types"
+    assert client.get(f"/dashboard/tasks/Square/{mine}").status_code == 200
+
+
+@pytest.mark.parametrize("cookie", [
+    "garbage", "1.2.3", "x.y", "99999999999999999999999." + "0" * 64, "²²²²²²²²²²." + "a" * 64,
+    "1700000000." + "é" * 64, "." * 40, "9999999999." + "z" * 64, "",
+])
+def test_a_forged_or_malformed_cookie_is_the_sign_in_page(make_task, cookie):
+    square = make_task(Square, api_token="alpha-token")
+    client = app_of(square).test_client()
+    client.set_cookie(auth.SESSION_COOKIE, cookie, path="/dashboard")
+    answer = client.get("/dashboard/tasks")
+    assert answer.status_code == 302 and "/dashboard/login" in answer.headers["Location"]
+
+
+def test_the_log_view_serves_only_the_log_of_a_task_that_exists(make_task, tmp_path):
+    square = make_task(Square)
+    task_id = square.run(n=2)
+    wait_for(square, task_id)
+    (tmp_path / "logs" / "secret.log").write_text("not a task's log")
+    client = app_of(square).test_client()
+    assert client.get("/dashboard/tasks/Square/secret/log").status_code == 404
+    assert client.get("/dashboard/tasks/Square/..%2Fsecret/log").status_code == 404
+    assert b"squaring 2" in client.get(f"/dashboard/tasks/Square/{task_id}/log").data
+
+
+def test_retry_of_a_task_the_run_rule_would_not_rerun_is_no_false_success(make_task):
+    square, explode = make_task(Square), make_task(Explode)
+    done, failed = square.run(n=4), explode.run(reason="try again")
+    wait_for(square, done)
+    wait_for(explode, failed)
+    client = dashboard_client(app_of(square, explode))
+    page = client.get(f"/dashboard/tasks/Square/{done}").get_data(as_text=True)
+    assert re.search(r'<button[^>]*id="retry"[^>]*disabled', page)
+    answer = client.post(f"/dashboard/tasks/Square/{done}/retry", data={"csrf_token": client.csrf},
+                         follow_redirects=True).get_data(as_text=True)
+    assert "Not submitted again" in answer and "Task submitted again" not in answer
+    assert square.retrieve(done)["attempts"] == 1
+    page = client.get(f"/dashboard/tasks/Explode/{failed}").get_data(as_text=True)
+    assert not re.search(r'<button[^>]*id="retry"[^>]*disabled', page)
+    answer = client.post(f"/dashboard/tasks/Explode/{failed}/retry", data={"csrf_token": client.csrf},
+                         follow_redirects=True).get_data(as_text=True)
+    assert "Task submitted again" in answer
+    assert wait_for(explode, failed)["attempts"] == 2
+
+
+@pytest.mark.parametrize("page_number", ["1e20", "99999999999999999999", "-5", "abc", "٣", "0", "2147483647"])
+def test_paging_is_bounded(make_task, page_number):
+    square, explode = make_task(Square), make_task(Explode)
+    client = app_of(square, explode).test_client()
+    for query in (f"page={page_number}", f"page={page_number}&type=Square"):
+        assert client.get(f"/dashboard/tasks?{query}").status_code == 200

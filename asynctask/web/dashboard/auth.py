@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from typing import TYPE_CHECKING
@@ -74,16 +75,35 @@ def session_value(token: str, now: float | None = None) -> str:
     return f"{expires}.{_signature(token, expires)}"
 
 
-def signed_in() -> bool:
-    """Whether the request may use the dashboard: no token is set, or its session cookie is valid."""
+#: What a session cookie looks like: an expiry (seconds since the epoch) and a SHA-256 HMAC.
+_SESSION = re.compile(r"([0-9]{1,12})\.([0-9a-f]{64})")
+
+
+def session_tokens() -> set[str] | None:
+    """The tokens whose session the request carries (the types it may see and act on), or
+    None when no task type of the app has a token (the dashboard is open). A missing,
+    expired, forged or malformed cookie is the empty set: the sign-in page, never an error."""
     known = tokens()
     if not known:
-        return True
-    expires_text, _, signature = request.cookies.get(SESSION_COOKIE, "").partition(".")
-    if not expires_text.isdigit() or int(expires_text) < time.time():
-        return False
-    expires = int(expires_text)
-    return any(hmac.compare_digest(signature, _signature(token, expires)) for token in known)
+        return None
+    match = _SESSION.fullmatch(request.cookies.get(SESSION_COOKIE, ""))
+    if match is None or int(match.group(1)) < time.time():
+        return set()
+    expires, signature = int(match.group(1)), match.group(2).encode()
+    return {token for token in known if hmac.compare_digest(signature, _signature(token, expires).encode())}
+
+
+def signed_in() -> bool:
+    """Whether the request may use the dashboard: no token is set, or its session cookie is valid."""
+    allowed = session_tokens()
+    return allowed is None or bool(allowed)
+
+
+def may_see(task: AsyncTask) -> bool:
+    """Whether this session may see and act on `task`'s type: it has no token, or the session
+    was signed in with its token (as the API asks that token of its routes)."""
+    allowed = session_tokens()
+    return allowed is None or not task.api_token or task.api_token in allowed
 
 
 def check_token(given: str) -> str | None:

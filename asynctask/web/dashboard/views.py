@@ -18,13 +18,25 @@ from flask import Blueprint, Response, abort, current_app, redirect, render_temp
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from ... import logs
 from ...errors import AsyncTaskError, InvalidTransition
 from ...jsonable import as_utc, jsonable
-from ...status import FINISHED, TaskStatus
+from ...logs import MAX_READ, read_log
+from ...status import FINISHED, RERUNNABLE, TaskStatus
 from ...store.registry import live_workers
 from ...validation import check_task_id
-from . import auth, charts
+from .auth import (
+    CSRF_FIELD,
+    check_csrf,
+    check_token,
+    clear_session,
+    csrf_token,
+    may_see,
+    secure,
+    set_session,
+    signed_in,
+    tokens,
+)
+from .charts import queue_wait, seconds, throughput
 
 if TYPE_CHECKING:
     from ...task import AsyncTask
@@ -36,14 +48,19 @@ STATUSES = [status.value for status in TaskStatus]
 PAGE_SIZE = 50
 #: How often an open page refreshes itself, in milliseconds.
 REFRESH_MS = 2000
-#: The window of the overview's charts.
+#: The window of the overview's
 STATS_MINUTES = 60
 #: Most tasks a searched bulk action selects (each type).
 BULK_LIMIT = 10_000
 #: Most task ids one call of `bulk` takes.
 BULK_BATCH = 1000
 #: The log a task page shows before it follows the file.
-LOG_PAGE = logs.MAX_READ
+LOG_PAGE = MAX_READ
+#: The deepest page of one type's list: its skip stays within what the API takes.
+MAX_PAGE = (2**31 - 1) // PAGE_SIZE
+#: The deepest page of the list of every type (each type's list is read from its start):
+#: at most 1,000 tasks a type, the API's largest page.
+MAX_MERGED_PAGE = 1000 // PAGE_SIZE
 #: Messages an action leaves for the page it redirects to; only these texts are shown.
 NOTICES = {
     "cancelled": "Task cancelled.",
@@ -51,6 +68,8 @@ NOTICES = {
     "cancel-finished": "The task had already finished: there was nothing to cancel.",
     "retried": "Task submitted again.",
     "retry-unfinished": "The task has not finished yet, so it was left as it is.",
+    "retry-refused": "Not submitted again: a task that succeeded runs again only once its result is "
+                     "older than the type's rerun_time_limit.",
     "bulk-retry": "Retried {changed} of {matched} failed task(s).",
     "bulk-cancel": "Cancelled {changed} of {matched} queued task(s).",
     "signed-out": "Signed out.",
@@ -68,22 +87,22 @@ def create_blueprint() -> Blueprint:
     def guard() -> Any:
         if request.endpoint in (f"{NAME}.static", f"{NAME}.login"):
             return None
-        if not auth.signed_in():
+        if not signed_in():
             if request.method == "GET" and request.endpoint != f"{NAME}.log":
                 return redirect(url_for(".login", next=_here()))
             abort(401, "sign in first")
         if request.method == "POST":
-            auth.check_csrf()
+            check_csrf()
         return None
 
-    bp.after_request(auth.secure)
+    bp.after_request(secure)
 
     @bp.context_processor
     def helpers() -> dict[str, Any]:
         return {
-            "csrf_token": auth.csrf_token, "csrf_field": auth.CSRF_FIELD, "statuses": STATUSES,
-            "with_token": bool(auth.tokens()), "refresh_ms": REFRESH_MS, "when": when, "ago": ago,
-            "seconds": charts.seconds, "pretty": pretty, "run_time": run_time, "first_line": first_line,
+            "csrf_token": csrf_token, "csrf_field": CSRF_FIELD, "statuses": STATUSES,
+            "with_token": bool(tokens()), "refresh_ms": REFRESH_MS, "when": when, "ago": ago,
+            "seconds": seconds, "pretty": pretty, "run_time": run_time, "first_line": first_line,
             "iso": lambda value: _time(value).isoformat() if value else "",
         }
 
@@ -97,7 +116,7 @@ def create_blueprint() -> Blueprint:
             cards.append({
                 "key": key, "endpoint": endpoint, "counts": {s: counts.get(s, 0) for s in STATUSES},
                 "total": sum(counts.values()), "stats": stats,
-                "throughput": charts.throughput(stats["series"]), "queue_wait": charts.queue_wait(stats["series"]),
+                "throughput": throughput(stats["series"]), "queue_wait": queue_wait(stats["series"]),
             })
             running += [{**view, "type": key} for view in task.list(TaskStatus.RUNNING.value, 20)["tasks"]]
         running.sort(key=lambda view: _time(view.get("started_at")))
@@ -111,11 +130,8 @@ def create_blueprint() -> Blueprint:
     def tasks() -> str:
         types = _types()
         type_key, status, search = _filter(request.args, types)
-        try:
-            page = max(int(request.args.get("page", "1")), 1)
-        except ValueError:
-            page = 1
         selected = {type_key: types[type_key]} if type_key else types
+        page = _page(request.args.get("page", ""), MAX_PAGE if len(selected) == 1 else MAX_MERGED_PAGE)
         rows, total, counts = [], 0, dict.fromkeys(STATUSES, 0)
         skip = (page - 1) * PAGE_SIZE
         for key, (task, _) in selected.items():
@@ -144,18 +160,17 @@ def create_blueprint() -> Blueprint:
         log_text, log_offset = _log_start(task, task_id)
         return render_template(
             f"{NAME}/task.html", type_key=type_key, view=view, finished=view.get("status") in FINISHED,
-            log_text=log_text, log_offset=log_offset, notice=_notice(),
+            retryable=reruns(task, view), log_text=log_text, log_offset=log_offset, notice=_notice(),
         )
 
     @bp.get("/tasks/<type_key>/<task_id>/log")
     def log(type_key: str, task_id: str) -> Response:
-        task = _task(type_key)
-        check_task_id(task_id)
+        task, _ = _task_view(type_key, task_id)  # only the log of a task of this type that exists
         try:
             offset = max(int(request.args.get("offset", "0")), 0)
         except ValueError:
             abort(400, "offset must be a whole number of bytes")
-        read = logs.read_log(task.logger_dir, task_id, offset)
+        read = read_log(task.logger_dir, task_id, offset)
         if read is None:
             abort(404, "the task has no log yet")
         chunk, next_offset = read
@@ -176,10 +191,12 @@ def create_blueprint() -> Blueprint:
     @bp.post("/tasks/<type_key>/<task_id>/retry")
     def retry(type_key: str, task_id: str) -> WerkzeugResponse:
         task, view = _task_view(type_key, task_id)
-        notice = "retry-unfinished"
-        if view.get("status") in FINISHED:
+        notice = "retry-unfinished" if view.get("status") not in FINISHED else "retry-refused"
+        if reruns(task, view):
             task.run(task_id=task_id)
-            notice = "retried"
+            after = task.retrieve(task_id) or {}
+            if (after.get("queued_at"), after.get("attempts")) != (view.get("queued_at"), view.get("attempts")):
+                notice = "retried"
         return redirect(url_for(".task", type_key=type_key, task_id=task_id, notice=notice), 303)
 
     @bp.post("/bulk")
@@ -210,15 +227,15 @@ def create_blueprint() -> Blueprint:
     @bp.route("/login", methods=["GET", "POST"])
     def login() -> Any:
         target = _safe_next(request.values.get("next"))
-        if not auth.tokens():
+        if not tokens():
             return redirect(target)
         error = None
         if request.method == "POST":
-            auth.check_csrf()
-            token = auth.check_token(request.form.get("token", ""))
+            check_csrf()
+            token = check_token(request.form.get("token", ""))
             if token is not None:
                 response = redirect(target, 303)
-                auth.set_session(response, token)
+                set_session(response, token)
                 return response
             error = "That token is not valid. Use the API token of one of this service's task types."
         return render_template(f"{NAME}/login.html", error=error, next=target, notice=_notice()), 401 if error else 200
@@ -226,7 +243,7 @@ def create_blueprint() -> Blueprint:
     @bp.post("/logout")
     def logout() -> WerkzeugResponse:
         response = redirect(url_for(".login", notice="signed-out"), 303)
-        auth.clear_session(response)
+        clear_session(response)
         return response
 
     @bp.errorhandler(HTTPException)
@@ -259,9 +276,12 @@ def create_blueprint() -> Blueprint:
 # -- helpers ----------------------------------------------------------------------------------
 
 def _types() -> dict[str, tuple[AsyncTask, str]]:
-    """The app's task types by the key the dashboard's URLs use: the name, made unique."""
+    """The app's task types this session may see, by the key the dashboard's URLs use: the
+    name, made unique."""
     found: dict[str, tuple[AsyncTask, str]] = {}
     for task, endpoint in current_app.extensions.get("asynctask", []):
+        if not may_see(task):
+            continue
         key, n = task.name, 2
         while key in found:
             key, n = f"{task.name}-{n}", n + 1
@@ -312,7 +332,7 @@ def _matching_ids(task: AsyncTask, status: str, search: str) -> list[str]:
 
 def _log_start(task: AsyncTask, task_id: str) -> tuple[str, int]:
     """The start of the task's log as text, and the byte offset the page follows it from."""
-    read = logs.read_log(task.logger_dir, task_id, 0)
+    read = read_log(task.logger_dir, task_id, 0)
     if read is None:
         return "", 0
     chunk, offset = read
@@ -320,6 +340,24 @@ def _log_start(task: AsyncTask, task_id: str) -> tuple[str, int]:
     text = decoder.decode(chunk, final=False)
     pending = len(decoder.getstate()[0])  # a character cut at the end is read again by the page
     return text, offset - pending
+
+
+def _page(text: str, deepest: int) -> int:
+    """The page number asked for, within 1..`deepest`; anything else is page 1."""
+    if not text.isascii() or not text.isdigit() or len(text) > 12:
+        return 1
+    return min(max(int(text), 1), deepest)
+
+
+def reruns(task: AsyncTask, view: dict[str, Any]) -> bool:
+    """Whether the run rule submits this task again: failed, pending or cancelled, or a success
+    older than the type's `rerun_time_limit` (so a Retry that would do nothing is disabled)."""
+    status = view.get("status")
+    if status in RERUNNABLE:
+        return True
+    limit = task.rerun_time_limit
+    return status == TaskStatus.SUCCESS.value and limit is not None and \
+        _time(view.get("update_time")) < datetime.now(timezone.utc) - limit
 
 
 def _notice() -> str | None:
@@ -379,7 +417,7 @@ def ago(value: Any) -> str:
     if not value:
         return ""
     delta = (datetime.now(timezone.utc) - _time(value)).total_seconds()
-    text = f"{int(abs(delta))} s" if abs(delta) < 60 else charts.seconds(abs(delta))
+    text = f"{int(abs(delta))} s" if abs(delta) < 60 else seconds(abs(delta))
     return f"{text} ago" if delta >= 0 else f"in {text}"
 
 
@@ -389,7 +427,7 @@ def run_time(view: dict[str, Any]) -> str:
     if not started:
         return "–"
     end = view.get("finished_at") or datetime.now(timezone.utc)
-    return charts.seconds(max((_time(end) - _time(started)).total_seconds(), 0.0))
+    return seconds(max((_time(end) - _time(started)).total_seconds(), 0.0))
 
 
 def pretty(value: Any) -> str:
