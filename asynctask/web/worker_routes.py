@@ -20,7 +20,7 @@ from ..errors import AttemptSuperseded, BadRequest, ResultNotStorable
 from ..logs import log_path
 from ..status import TaskStatus
 from ..validation import check_result, check_task_id
-from .routes import check_token, envelope, json_body
+from .http import check_token, envelope, json_body
 
 if TYPE_CHECKING:
     from ..task import AsyncTask
