@@ -122,12 +122,11 @@ class AttemptRun:
             self._files.close()
         except Exception:
             logger.exception("task %s: closing its log failed", attempt.task_id)
-        free(task, self.worker, attempt)
-        emit(attempt_ended, task, attempt=attempt, ending=self.ending,
-                     seconds=time.monotonic() - self.began)
+        free(self.worker, attempt)
+        emit(attempt_ended, task, attempt=attempt, ending=self.ending, seconds=time.monotonic() - self.began)
 
 
-def free(task: AsyncTask, worker: Worker, attempt: Attempt) -> None:
+def free(worker: Worker, attempt: Attempt) -> None:
     """The attempt is over here: no more heartbeats for it, its concurrency slot given back."""
     worker.let_go(attempt)
     try:
@@ -149,6 +148,7 @@ def salvage(task: AsyncTask, worker: Worker, attempt: Attempt, exc: BaseExceptio
         with contextlib.suppress(Exception):
             worker.backend.release(worker.owner, attempt)
         return Ending.RELEASED
+    notify(task, attempt, recorded, logger)
     return recorded.ending if recorded else Ending.LOST
 
 
@@ -158,7 +158,7 @@ def refuse(task: AsyncTask, worker: Worker, attempt: Attempt, exc: BaseException
     try:
         record(task, worker, attempt, refused, logger)
     finally:
-        free(task, worker, attempt)
+        free(worker, attempt)
 
 
 def execute(task: AsyncTask, attempt: Attempt, task_log: logging.Logger, remote: Executor | None) -> Outcome:
