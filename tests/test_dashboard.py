@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 from flask import Flask
@@ -24,7 +24,7 @@ from waiting import wait_for, wait_until
 from werkzeug.serving import make_server
 
 from asynctask import AsyncTask, report_progress
-from asynctask.web.dashboard import auth
+from asynctask.web.dashboard import auth, views
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -727,3 +727,117 @@ def test_paging_is_bounded(make_task, page_number):
     client = app_of(square, explode).test_client()
     for query in (f"page={page_number}", f"page={page_number}&type=Square"):
         assert client.get(f"/dashboard/tasks?{query}").status_code == 200
+
+
+def retry_button(html: str, name: str = "retry") -> str:
+    """The `<button>` tag of the task page's Retry (or Cancel) form."""
+    found = re.search(rf'<button[^>]*id="{name}"[^>]*>', html)
+    assert found, html
+    return found.group(0)
+
+
+def test_signing_in_with_a_second_token_adds_its_types_to_the_session(make_task):
+    square, explode = make_task(Square, api_token="alpha-token"), make_task(Explode, api_token="beta-token")
+    mine, theirs = square.run(n=3), explode.run(reason="no")
+    wait_for(square, mine)
+    wait_for(explode, theirs)
+    client = dashboard_client(app_of(square, explode))
+    sign_in(client, "alpha-token")
+    sign_in(client, "beta-token")
+    listing = client.get("/dashboard/tasks").get_data(as_text=True)
+    assert mine in listing and theirs in listing
+    assert client.get(f"/dashboard/tasks/Square/{mine}").status_code == 200
+    assert client.get(f"/dashboard/tasks/Explode/{theirs}").status_code == 200
+    session = client.get_cookie(auth.SESSION_COOKIE, path="/dashboard").value
+    assert "alpha-token" not in session and "beta-token" not in session
+    client.post("/dashboard/logout", data={"csrf_token": client.csrf})
+    assert client.get("/dashboard/tasks").status_code == 302  # signing out ends both
+
+
+def test_a_type_the_session_cannot_see_is_not_found_by_the_list_filter_or_a_bulk_action(make_task):
+    explode, square = make_task(Explode, api_token="alpha-token"), make_task(Square, api_token="beta-token")
+    failed = explode.run(reason="stays failed")
+    wait_for(explode, failed)
+    client = dashboard_client(app_of(explode, square))
+    sign_in(client, "alpha-token")
+    assert client.get("/dashboard/tasks?type=Square").status_code == 404
+    answer = client.post("/dashboard/bulk", data={"action": "retry", "type": "Square", "csrf_token": client.csrf})
+    assert answer.status_code == 404
+    assert explode.retrieve(failed)["attempts"] == 1, "a bulk action never falls back to every type"
+
+
+@pytest.mark.parametrize("task_id", ["bad!id", "a" * 129, "sp ace", "ünï"])
+def test_an_invalid_task_id_is_not_found(make_task, task_id):
+    square = make_task(Square)
+    client = dashboard_client(app_of(square))
+    path = f"/dashboard/tasks/Square/{quote(task_id)}"
+    assert client.get(path).status_code == 404
+    assert client.get(f"{path}/log").status_code == 404
+    for action in ("cancel", "retry"):
+        assert client.post(f"{path}/{action}", data={"csrf_token": client.csrf}).status_code == 404
+
+
+def test_retry_follows_the_run_rule_for_pending_ownerless_and_outdated_tasks(make_task):
+    explode, square = make_task(Explode), make_task(Square, rerun_time_limit=3600)
+    pending, ownerless, done = explode.run(reason="a"), explode.run(reason="b"), square.run(n=5)
+    for task, task_id in ((explode, pending), (explode, ownerless), (square, done)):
+        wait_for(task, task_id)
+    # A task left pending, and one left running with no worker (as the upstream tool's data may).
+    explode.collection.update_one({"task_id": pending}, {"$set": {"status": "pending"}})
+    explode.collection.update_one({"task_id": ownerless}, {"$set": {"status": "running"},
+                                                          "$unset": {"owner": "", "worker": ""}})
+    client = dashboard_client(app_of(explode, square))
+
+    square_page = client.get(f"/dashboard/tasks/Square/{done}").get_data(as_text=True)
+    assert "disabled" in retry_button(square_page), "a success younger than rerun_time_limit stays"
+    square.collection.update_one({"task_id": done},
+                                 {"$set": {"update_time": datetime.now(timezone.utc) - timedelta(hours=2)}})
+    for task, key, task_id in ((explode, "Explode", pending), (explode, "Explode", ownerless), (square, "Square", done)):
+        html = client.get(f"/dashboard/tasks/{key}/{task_id}").get_data(as_text=True)
+        assert "disabled" not in retry_button(html), task_id
+        answer = client.post(f"/dashboard/tasks/{key}/{task_id}/retry", data={"csrf_token": client.csrf},
+                             follow_redirects=True).get_data(as_text=True)
+        assert "Task submitted again." in answer, task_id
+        wait_until(lambda task=task, task_id=task_id: task.retrieve(task_id)["attempts"] == 2, f"{task_id} re-run")
+
+
+def test_a_pending_task_cannot_be_cancelled_and_says_so(make_task):
+    explode = make_task(Explode)
+    task_id = explode.run(reason="left pending")
+    wait_for(explode, task_id)
+    explode.collection.update_one({"task_id": task_id}, {"$set": {"status": "pending"}})
+    client = dashboard_client(app_of(explode))
+    html = client.get(f"/dashboard/tasks/Explode/{task_id}").get_data(as_text=True)
+    assert "disabled" in retry_button(html, "cancel")
+    answer = client.post(f"/dashboard/tasks/Explode/{task_id}/cancel", data={"csrf_token": client.csrf},
+                         follow_redirects=True).get_data(as_text=True)
+    assert "Not cancelled: the task is pending." in answer
+    assert explode.retrieve(task_id)["status"] == "pending"
+
+
+@pytest.mark.parametrize("query", ["page=5", "type=Square&page=5", "page=99999999999999999999",
+                                   "type=Square&page=99999999999999999999"])
+def test_a_page_past_the_end_shows_the_last_page(make_task, query):
+    square, explode = make_task(Square), make_task(Explode)
+    task_id = square.run(n=1)
+    wait_for(square, task_id)
+    html = app_of(square, explode).test_client().get(f"/dashboard/tasks?{query}").get_data(as_text=True)
+    assert task_id in html
+    assert "1–1 of 1" in html
+
+
+def test_the_list_of_every_type_offers_no_older_page_it_cannot_show(make_task, monkeypatch):
+    monkeypatch.setattr(views, "PAGE_SIZE", 2)  # three tasks fill more than a page
+    monkeypatch.setattr(views, "MAX_MERGED_PAGE", 1)  # and every type's list shows one page
+    square, explode = make_task(Square), make_task(Explode)
+    ids = [square.run(n=n) for n in range(3)]
+    for task_id in ids:
+        wait_for(square, task_id)
+    client = app_of(square, explode).test_client()
+    merged = client.get("/dashboard/tasks").get_data(as_text=True)
+    assert "Older →" not in merged
+    assert "Pick a type to see older tasks." in merged
+    one_type = client.get("/dashboard/tasks?type=Square").get_data(as_text=True)
+    assert "Older →" in one_type
+    assert sum(task_id in client.get("/dashboard/tasks?type=Square&page=2").get_data(as_text=True)
+               for task_id in ids) == 1

@@ -1,9 +1,11 @@
 """Sign-in, the session cookie, the CSRF proof and the security headers of the dashboard.
 
 - Session: when any task type of the app has an `api_token`, the dashboard asks for one. The
-  session cookie is `<expiry>.<HMAC-SHA256(token, expiry)>`: any process that knows the token
-  can check it, so it works across gunicorn workers and restarts without a shared secret,
-  it expires, and it stops working when the token changes.
+  session cookie holds one proof `<expiry>.<HMAC-SHA256(token, expiry)>` per token signed in
+  with (dot-joined, at most MAX_SESSION_TOKENS): any process that knows the token can check
+  it, so it works across gunicorn workers and restarts without a shared secret, each proof
+  expires, and it stops working when the token changes. The session sees and acts on the
+  types whose token it proves (and the types without a token), as the API would.
 - CSRF: a random value in an HttpOnly, SameSite=Strict cookie that each form repeats in a
   hidden field (double submit); a POST whose field does not match, or which the browser marks
   as cross-site (Sec-Fetch-Site, Origin), is refused with 403 before anything changes. This
@@ -33,6 +35,8 @@ CSRF_COOKIE = "asynctask_dashboard_csrf"
 CSRF_FIELD = "csrf_token"
 #: How long a sign-in lasts.
 SESSION_SECONDS = 12 * 3600
+#: Most tokens one session proves (each adds 77 characters to the cookie).
+MAX_SESSION_TOKENS = 8
 
 CONTENT_SECURITY_POLICY = "; ".join([
     "default-src 'none'",
@@ -70,27 +74,45 @@ def _signature(token: str, expires: int) -> str:
 
 
 def session_value(token: str, now: float | None = None) -> str:
-    """A session cookie value for `token`, valid for SESSION_SECONDS."""
+    """A session cookie value (one proof) for `token`, valid for SESSION_SECONDS."""
     expires = int(now if now is not None else time.time()) + SESSION_SECONDS
     return f"{expires}.{_signature(token, expires)}"
 
 
-#: What a session cookie looks like: an expiry (seconds since the epoch) and a SHA-256 HMAC.
-_SESSION = re.compile(r"([0-9]{1,12})\.([0-9a-f]{64})")
+#: What a session cookie looks like: proofs `<expiry>.<SHA-256 HMAC>`, joined by dots.
+_PROOF = r"[0-9]{1,12}\.[0-9a-f]{64}"
+_SESSION = re.compile(rf"{_PROOF}(?:\.{_PROOF}){{0,{MAX_SESSION_TOKENS - 1}}}")
+
+
+def _proofs(value: str) -> list[tuple[int, str]]:
+    """The unexpired (expiry, signature) proofs of a session cookie; none if it is malformed."""
+    if not _SESSION.fullmatch(value):
+        return []
+    parts, now = value.split("."), time.time()
+    proofs = zip(parts[::2], parts[1::2], strict=True)  # the pattern makes them pairs
+    return [(int(expires), signature) for expires, signature in proofs if int(expires) >= now]
+
+
+def _proven() -> dict[str, int]:
+    """The known tokens this request's session proves, each with the expiry of its proof."""
+    cached = g.get("dashboard_proven")
+    if cached is None:
+        cached = {}
+        for expires, signature in _proofs(request.cookies.get(SESSION_COOKIE, "")):
+            for token in tokens():
+                if hmac.compare_digest(signature.encode(), _signature(token, expires).encode()):
+                    cached[token] = max(expires, cached.get(token, 0))
+        g.dashboard_proven = cached
+    return cached
 
 
 def session_tokens() -> set[str] | None:
     """The tokens whose session the request carries (the types it may see and act on), or
     None when no task type of the app has a token (the dashboard is open). A missing,
     expired, forged or malformed cookie is the empty set: the sign-in page, never an error."""
-    known = tokens()
-    if not known:
+    if not tokens():
         return None
-    match = _SESSION.fullmatch(request.cookies.get(SESSION_COOKIE, ""))
-    if match is None or int(match.group(1)) < time.time():
-        return set()
-    expires, signature = int(match.group(1)), match.group(2).encode()
-    return {token for token in known if hmac.compare_digest(signature, _signature(token, expires).encode())}
+    return set(_proven())
 
 
 def signed_in() -> bool:
@@ -116,8 +138,12 @@ def check_token(given: str) -> str | None:
 
 
 def set_session(response: Response, token: str) -> None:
+    """Sign the session in with `token` too: a new proof of it, next to the proofs the session
+    holds for other tokens (each keeps its own expiry; the oldest go beyond MAX_SESSION_TOKENS)."""
+    kept = sorted((expires, other) for other, expires in _proven().items() if other != token)
+    proofs = [f"{expires}.{_signature(other, expires)}" for expires, other in kept[1 - MAX_SESSION_TOKENS:]]
     response.set_cookie(
-        SESSION_COOKIE, session_value(token), max_age=SESSION_SECONDS, path=cookie_path(),
+        SESSION_COOKIE, ".".join([*proofs, session_value(token)]), max_age=SESSION_SECONDS, path=cookie_path(),
         httponly=True, samesite="Strict", secure=request.is_secure,
     )
 

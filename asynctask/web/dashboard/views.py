@@ -11,17 +11,17 @@ import json
 import logging
 import uuid
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from ...errors import AsyncTaskError, InvalidTransition
+from ...errors import AsyncTaskError, InvalidTaskId, InvalidTransition
 from ...jsonable import as_utc, jsonable
 from ...logs import MAX_READ, read_log
-from ...status import FINISHED, RERUNNABLE, TaskStatus
+from ...status import ACTIVE, FINISHED, RERUNNABLE, TaskStatus
 from ...store.registry import live_workers
 from ...validation import check_task_id
 from .auth import (
@@ -48,7 +48,7 @@ STATUSES = [status.value for status in TaskStatus]
 PAGE_SIZE = 50
 #: How often an open page refreshes itself, in milliseconds.
 REFRESH_MS = 2000
-#: The window of the overview's
+#: The window of the overview's charts.
 STATS_MINUTES = 60
 #: Most tasks a searched bulk action selects (each type).
 BULK_LIMIT = 10_000
@@ -65,11 +65,9 @@ MAX_MERGED_PAGE = 1000 // PAGE_SIZE
 NOTICES = {
     "cancelled": "Task cancelled.",
     "cancel-requested": "Cancel requested: the task stops as soon as its worker notices.",
-    "cancel-finished": "The task had already finished: there was nothing to cancel.",
+    "not-cancelled": "Not cancelled: the task is {status}.",
     "retried": "Task submitted again.",
-    "retry-unfinished": "The task has not finished yet, so it was left as it is.",
-    "retry-refused": "Not submitted again: a task that succeeded runs again only once its result is "
-                     "older than the type's rerun_time_limit.",
+    "not-retried": "Not submitted again: the task is {status}.",
     "bulk-retry": "Retried {changed} of {matched} failed task(s).",
     "bulk-cancel": "Cancelled {changed} of {matched} queued task(s).",
     "signed-out": "Signed out.",
@@ -131,23 +129,17 @@ def create_blueprint() -> Blueprint:
         types = _types()
         type_key, status, search = _filter(request.args, types)
         selected = {type_key: types[type_key]} if type_key else types
-        page = _page(request.args.get("page", ""), MAX_PAGE if len(selected) == 1 else MAX_MERGED_PAGE)
-        rows, total, counts = [], 0, dict.fromkeys(STATUSES, 0)
-        skip = (page - 1) * PAGE_SIZE
-        for key, (task, _) in selected.items():
-            listing = _list(task, status, search, limit=PAGE_SIZE if len(selected) == 1 else skip + PAGE_SIZE,
-                            skip=skip if len(selected) == 1 else 0)
-            rows += [{**view, "type": key} for view in listing["tasks"]]
-            total += listing["total"]
-            every = listing if not status else _list(task, None, search, limit=1)
-            for name, n in every["counts"].items():
-                counts[name] = counts.get(name, 0) + n
-        if len(selected) > 1:
-            rows.sort(key=lambda view: (_time(view.get("created_at")), view["task_id"]), reverse=True)
-            rows = rows[skip:skip + PAGE_SIZE]
+        deepest = MAX_PAGE if len(selected) == 1 else MAX_MERGED_PAGE
+        page = _page(request.args.get("page", ""), deepest)
+        rows, total, counts = _page_of(selected, status, search, page)
+        last = min(max(-(-total // PAGE_SIZE), 1), deepest)
+        if not rows and page > last:  # past the end: the last page instead
+            page = last
+            rows, total, counts = _page_of(selected, status, search, page)
         return render_template(
             f"{NAME}/tasks.html", rows=rows, total=total, counts=counts, types=list(types),
             type_key=type_key, status=status, search=search, page=page, page_size=PAGE_SIZE,
+            last_page=last, merged=len(selected) > 1,
             notice=_notice(), bulk_allowed={
                 "retry": status in ("", TaskStatus.FAILED.value),
                 "cancel": status in ("", TaskStatus.QUEUED.value),
@@ -160,7 +152,8 @@ def create_blueprint() -> Blueprint:
         log_text, log_offset = _log_start(task, task_id)
         return render_template(
             f"{NAME}/task.html", type_key=type_key, view=view, finished=view.get("status") in FINISHED,
-            retryable=reruns(task, view), log_text=log_text, log_offset=log_offset, notice=_notice(),
+            cancellable=view.get("status") in ACTIVE, retry_refusal=retry_refusal(task, view),
+            log_text=log_text, log_offset=log_offset, notice=_notice(),
         )
 
     @bp.get("/tasks/<type_key>/<task_id>/log")
@@ -180,24 +173,26 @@ def create_blueprint() -> Blueprint:
 
     @bp.post("/tasks/<type_key>/<task_id>/cancel")
     def cancel(type_key: str, task_id: str) -> WerkzeugResponse:
-        task = _task(type_key)
-        check_task_id(task_id)
+        task, view = _task_view(type_key, task_id)
         try:
             notice = "cancelled" if task.cancel(task_id) == TaskStatus.CANCELLED.value else "cancel-requested"
         except InvalidTransition:
-            notice = "cancel-finished"
+            status = (task.retrieve(task_id) or view).get("status")
+            return redirect(url_for(".task", type_key=type_key, task_id=task_id, notice="not-cancelled",
+                                    was=status), 303)
         return redirect(url_for(".task", type_key=type_key, task_id=task_id, notice=notice), 303)
 
     @bp.post("/tasks/<type_key>/<task_id>/retry")
     def retry(type_key: str, task_id: str) -> WerkzeugResponse:
         task, view = _task_view(type_key, task_id)
-        notice = "retry-unfinished" if view.get("status") not in FINISHED else "retry-refused"
-        if reruns(task, view):
-            task.run(task_id=task_id)
-            after = task.retrieve(task_id) or {}
-            if (after.get("queued_at"), after.get("attempts")) != (view.get("queued_at"), view.get("attempts")):
-                notice = "retried"
-        return redirect(url_for(".task", type_key=type_key, task_id=task_id, notice=notice), 303)
+        if retry_refusal(task, view) is None:
+            task.run(task_id=task_id)  # the run rule decides again, atomically; the view tells what it did
+            after = task.retrieve(task_id) or view
+            if _submission(after) != _submission(view):
+                return redirect(url_for(".task", type_key=type_key, task_id=task_id, notice="retried"), 303)
+            view = after
+        return redirect(url_for(".task", type_key=type_key, task_id=task_id, notice="not-retried",
+                                was=view.get("status")), 303)
 
     @bp.post("/bulk")
     def bulk() -> WerkzeugResponse:
@@ -205,7 +200,7 @@ def create_blueprint() -> Blueprint:
         if action not in ("retry", "cancel"):
             abort(400, "action must be retry or cancel")
         types = _types()
-        type_key, status, search = _filter(request.form, types)
+        type_key, status, search = _filter(request.form, types)  # a type it may not see: 404, not every type
         target = TaskStatus.FAILED.value if action == "retry" else TaskStatus.QUEUED.value
         matched = changed = 0
         if status in ("", target):
@@ -277,29 +272,36 @@ def create_blueprint() -> Blueprint:
 
 def _types() -> dict[str, tuple[AsyncTask, str]]:
     """The app's task types this session may see, by the key the dashboard's URLs use: the
-    name, made unique."""
+    name, made unique over every type (so a type's URL is the same for every session)."""
     found: dict[str, tuple[AsyncTask, str]] = {}
     for task, endpoint in current_app.extensions.get("asynctask", []):
-        if not may_see(task):
-            continue
         key, n = task.name, 2
         while key in found:
             key, n = f"{task.name}-{n}", n + 1
         found[key] = (task, endpoint)
-    return found
+    return {key: entry for key, entry in found.items() if may_see(entry[0])}
+
+
+def _no_type(type_key: str) -> NoReturn:
+    """404 for a type that does not exist or that this session may not see (told apart by no one)."""
+    abort(404, f"This service has no task type {type_key} that this session may see.")
 
 
 def _task(type_key: str) -> AsyncTask:
     found = _types().get(type_key)
     if found is None:
-        abort(404, f"This service has no task type {type_key}.")
+        _no_type(type_key)
     return found[0]
 
 
 def _task_view(type_key: str, task_id: str) -> tuple[AsyncTask, dict[str, Any]]:
-    """The task type and the view of one of its tasks; 404 when there is no such task."""
+    """The task type and the view of one of its tasks; 404 when there is no such task, or the
+    id is not a valid one (so there cannot be)."""
     task = _task(type_key)
-    check_task_id(task_id)
+    try:
+        check_task_id(task_id)
+    except InvalidTaskId:
+        abort(404, "There is no such task: that is not a valid task id.")
     view = task.retrieve(task_id)
     if view is None:
         abort(404, f"There is no task {task_id} of type {type_key}.")
@@ -307,11 +309,39 @@ def _task_view(type_key: str, task_id: str) -> tuple[AsyncTask, dict[str, Any]]:
 
 
 def _filter(values: Any, types: dict[str, Any]) -> tuple[str, str, str]:
-    """(type, status, search) of a request; unknown types and statuses mean "all"."""
+    """(type, status, search) of a request; no type or an unknown status means "all", a type
+    the session cannot see is a 404 (never "all": a bulk action must not widen)."""
     type_key = values.get("type", "")
+    if type_key and type_key not in types:
+        _no_type(type_key)
     status = values.get("status", "")
     search = (values.get("q") or "").strip()[:200]
-    return (type_key if type_key in types else ""), (status if status in STATUSES else ""), search
+    return type_key, (status if status in STATUSES else ""), search
+
+
+def _page_of(selected: dict[str, tuple[AsyncTask, str]], status: str, search: str,
+             page: int) -> tuple[list[dict[str, Any]], int, dict[str, int]]:
+    """One page of the list of the `selected` types, newest first: (rows, total, counts per status).
+
+    Of one type the store skips to the page; of several, each type's list is read from its
+    start and merged (which is why that list's deepest page is MAX_MERGED_PAGE).
+    """
+    rows: list[dict[str, Any]] = []
+    total, counts = 0, dict.fromkeys(STATUSES, 0)
+    skip = (page - 1) * PAGE_SIZE
+    merged = len(selected) > 1
+    for key, (task, _) in selected.items():
+        listing = _list(task, status, search, limit=skip + PAGE_SIZE if merged else PAGE_SIZE,
+                        skip=0 if merged else skip)
+        rows += [{**view, "type": key} for view in listing["tasks"]]
+        total += listing["total"]
+        every = listing if not status else _list(task, None, search, limit=1)
+        for name, n in every["counts"].items():
+            counts[name] = counts.get(name, 0) + n
+    if merged:
+        rows.sort(key=lambda view: (_time(view.get("created_at")), view["task_id"]), reverse=True)
+        rows = rows[skip:skip + PAGE_SIZE]
+    return rows, total, counts
 
 
 def _list(task: AsyncTask, status: str | None, search: str, limit: int, skip: int = 0) -> dict[str, Any]:
@@ -343,21 +373,38 @@ def _log_start(task: AsyncTask, task_id: str) -> tuple[str, int]:
 
 
 def _page(text: str, deepest: int) -> int:
-    """The page number asked for, within 1..`deepest`; anything else is page 1."""
-    if not text.isascii() or not text.isdigit() or len(text) > 12:
+    """The page number asked for, within 1..`deepest` (a larger one is `deepest`); anything but
+    a whole number (`abc`, `-5`, `1e20`) is page 1."""
+    text = text.strip()
+    if not text.isascii() or not text.isdigit():
         return 1
-    return min(max(int(text), 1), deepest)
+    return deepest if len(text) > 12 else min(max(int(text), 1), deepest)
 
 
-def reruns(task: AsyncTask, view: dict[str, Any]) -> bool:
-    """Whether the run rule submits this task again: failed, pending or cancelled, or a success
-    older than the type's `rerun_time_limit` (so a Retry that would do nothing is disabled)."""
+def retry_refusal(task: AsyncTask, view: dict[str, Any]) -> str | None:
+    """Why the run rule would not submit this task again (the disabled Retry says it), or None
+    when it would: failed, pending or cancelled; running with no worker (nothing will finish
+    it); a success older than the type's `rerun_time_limit`."""
     status = view.get("status")
-    if status in RERUNNABLE:
-        return True
+    if status is None or status in RERUNNABLE:
+        return None
+    if status == TaskStatus.RUNNING.value:
+        return None if not view.get("worker") else "The task is running."
+    if status == TaskStatus.QUEUED.value:
+        return "The task is queued: it runs as soon as a worker takes it."
+    if status != TaskStatus.SUCCESS.value:
+        return f"The task is {status}."
     limit = task.rerun_time_limit
-    return status == TaskStatus.SUCCESS.value and limit is not None and \
-        _time(view.get("update_time")) < datetime.now(timezone.utc) - limit
+    if limit is None:
+        return "The task succeeded, and this type never runs a successful task again (no rerun_time_limit)."
+    if _time(view.get("update_time")) < datetime.now(timezone.utc) - limit:
+        return None
+    return f"The task succeeded less than {seconds(limit.total_seconds())} ago (the type's rerun_time_limit)."
+
+
+def _submission(view: dict[str, Any]) -> tuple[Any, ...]:
+    """What every submission of a task changes: a retry that left it equal did not happen."""
+    return view.get("status"), view.get("attempts"), view.get("queued_at")
 
 
 def _notice() -> str | None:
@@ -371,7 +418,9 @@ def _notice() -> str | None:
         except ValueError:
             return 0
 
-    return template.format(matched=number("matched"), changed=number("changed"))
+    was = request.args.get("was", "")  # the task's status when an action left it as it was
+    return template.format(matched=number("matched"), changed=number("changed"),
+                           status=was if was in STATUSES else "unknown")
 
 
 def _here() -> str:

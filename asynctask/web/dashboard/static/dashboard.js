@@ -142,7 +142,7 @@
   // refresh does not show it again.
   var address = new URL(location.href);
   if (address.searchParams.has("notice")) {
-    ["notice", "matched", "changed"].forEach(function (name) { address.searchParams.delete(name); });
+    ["notice", "matched", "changed", "was"].forEach(function (name) { address.searchParams.delete(name); });
     history.replaceState(null, "", address.pathname + address.search + address.hash);
   }
 })();
