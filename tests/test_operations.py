@@ -23,7 +23,7 @@ from waiting import wait_for, wait_until
 
 from asynctask import AsyncTask, MemoryCollection, logs
 from asynctask.store.tasks import PUBLIC_FIELDS
-from asynctask.web import routes as web_module
+from asynctask.web import http as web_module
 
 ENVELOPE_KEYS = {"status", "data", "error_data", "error_msg"}
 VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
