@@ -11,9 +11,12 @@ from .errors import (
     AuthenticationFailed,
     ClientError,
     InvalidParams,
+    InvalidSchedule,
     InvalidTaskId,
     InvalidTransition,
     ResultNotStorable,
+    ScheduleExists,
+    ScheduleNotFound,
     ShuttingDown,
     TaskCancelled,
     TaskFailed,
@@ -22,6 +25,7 @@ from .errors import (
     TaskTimeout,
     Unauthorized,
 )
+from .schedules import Schedule
 from .status import TaskStatus
 from .store.connection import default_collection
 from .store.memory import MemoryCollection
@@ -36,10 +40,14 @@ __all__ = [
     "Client",
     "ClientError",
     "InvalidParams",
+    "InvalidSchedule",
     "InvalidTaskId",
     "InvalidTransition",
     "MemoryCollection",
     "ResultNotStorable",
+    "Schedule",
+    "ScheduleExists",
+    "ScheduleNotFound",
     "ShuttingDown",
     "TaskCancelled",
     "TaskFailed",

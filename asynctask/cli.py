@@ -286,5 +286,70 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code if isinstance(code, int) else 0
 
 
+# -- schedules: list, pause, resume and trigger them over HTTP ------------------------------------
+
+@cli.group("schedules", epilog=EPILOG)
+def schedules_group() -> None:
+    """List, pause, resume and trigger the schedules of the task type at URL."""
+
+
+def _schedules_command(name: str, summary: str) -> Callable[[Callable[..., int]], click.Command]:
+    """A `schedules` subcommand: it gets a `client` of the service at URL (see `_client_command`)
+    and a checked schedule NAME; a refused or failed request is exit code 3."""
+
+    def decorate(run: Callable[..., int]) -> click.Command:
+        @functools.wraps(run)
+        def command(url: str, endpoint: str | None, token: str | None, **kwargs: Any) -> int:
+            import requests
+
+            from .errors import AsyncTaskError
+            from .schedules.schedule import check_name
+
+            try:
+                if "name" in kwargs:
+                    check_name(kwargs["name"])  # a name never steers the request to another path
+                with _client(url, token, endpoint) as client:
+                    return run(client, **kwargs)
+            except (AsyncTaskError, requests.RequestException, ValueError) as exc:
+                print(f"asynctask schedules {name}: {exc}", file=sys.stderr)
+                return EXIT_REQUEST
+
+        command = click.option("--token", default=None, envvar="ASYNCTASK_API_TOKEN", show_envvar=True,
+                               help="API token sent as a bearer token.")(command)
+        command = click.option("--endpoint", default=None,
+                               help="Path of the task's routes under URL (default: URL's own path, else /api).")(command)
+        command = click.argument("url")(command)
+        return schedules_group.command(name, help=run.__doc__ or summary, short_help=summary, epilog=EPILOG)(command)
+
+    return decorate
+
+
+@_schedules_command("list", "Print the schedules, with their last and next ticks, as JSON.")
+def schedules_list(client: Client) -> int:
+    _print_json(client.call("GET", "schedules")["schedules"])
+    return 0
+
+
+@_schedules_command("pause", "Pause a schedule; prints its view as JSON.")
+@click.argument("name")
+def schedules_pause(client: Client, name: str) -> int:
+    _print_json(client.call("POST", f"schedules/{name}/pause", json={}))
+    return 0
+
+
+@_schedules_command("resume", "Resume a schedule from its next tick; prints its view as JSON.")
+@click.argument("name")
+def schedules_resume(client: Client, name: str) -> int:
+    _print_json(client.call("POST", f"schedules/{name}/resume", json={}))
+    return 0
+
+
+@_schedules_command("trigger", "Run a schedule's task once now; prints the task's id.")
+@click.argument("name")
+def schedules_trigger(client: Client, name: str) -> int:
+    print(client.call("POST", f"schedules/{name}/trigger", json={})["task_id"])
+    return 0
+
+
 if __name__ == "__main__":
     sys.exit(main())

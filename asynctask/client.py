@@ -148,6 +148,11 @@ class Client:
         """Cancel a queued or running task; a finished one is a `ClientError` with status 409."""
         return self._request("DELETE", self._task_url(task_id))
 
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One request to a route under the task endpoint (`path` such as "schedules"); returns
+        the envelope's `data`, or raises as the other methods do. `kwargs` go to requests."""
+        return self._request(method, f"{self.url}/{path.lstrip('/')}", **kwargs)
+
     def close(self) -> None:
         """Close the pooled connections."""
         self.session.close()

@@ -136,3 +136,21 @@ class ServiceUnreachable(ClientError):
     """Raised when a remote worker cannot reach the service (network error, 5xx); it tries again."""
 
     transient = True
+
+
+class InvalidSchedule(AsyncTaskError, ValueError):
+    """Raised when a schedule's name, cron, time zone, interval, catch-up or params are not valid."""
+
+    http_status = 400
+
+
+class ScheduleNotFound(AsyncTaskError, LookupError):
+    """Raised when a task type has no schedule of that name."""
+
+    http_status = 404
+
+
+class ScheduleExists(AsyncTaskError, ValueError):
+    """Raised when a schedule is added under a name the task type already has."""
+
+    http_status = 409

@@ -12,6 +12,7 @@ import builtins
 import logging
 import os
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from .logs import task_logger
 from .longpoll import LongPolls
 from .process import PerProcess
 from .retry import RetryPolicy
+from .schedules import Schedule, ScheduleBook
 from .signals import emit, task_finished, task_submitted
 from .status import FINISHED, TaskStatus
 from .store.registry import ConcurrencySlots, Workers
@@ -100,6 +102,8 @@ class AsyncTask:
     api_token: str | None = None
     worker_token: str | None = None
     max_content_length: int = MiB
+    #: The type's schedules (cron or interval): stored on first use, managed as `api.schedules`.
+    schedules: ClassVar[Sequence[Schedule]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -214,6 +218,7 @@ class AsyncTask:
                            sweeping=self.worker_token is not None, on_end=self._long_polls.ended)
         )
         self._closed = False
+        self.schedules = ScheduleBook(self, type(self).schedules)  # type: ignore[misc,assignment]
         self.logger_dir.mkdir(parents=True, exist_ok=True)
         register_instance(self)
 

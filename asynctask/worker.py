@@ -223,14 +223,17 @@ class Worker:
                 claim = self.claiming and not self.stopping
                 if claim and self._poll_at <= now:
                     self._poll_now, self._poll_at = True, float("inf")
+                # A sweeping (API-only) process evaluates the type's schedules on the poll's beat too.
                 due = [now >= next_beat, claim and (self._poll_now or now >= next_poll),
-                       bool(self._held) and now >= next_check]
+                       bool(self._held) and now >= next_check, self.sweeping and not claim and now >= next_poll]
                 waits = [next_beat, *self._watched().values()]
                 if not any(due) and min(waits) > now:
                     if self._held:
                         waits.append(next_check)
                     if claim:
                         waits += [next_poll, self._poll_at]
+                    elif self.sweeping:
+                        waits.append(next_poll)
                     self._cond.wait(max(min(waits) - now, 0.005))
                     continue
                 self._poll_now = False
@@ -243,9 +246,11 @@ class Worker:
             if due[2]:
                 next_check = now + min(poll, beat)
                 _logged(self._check_cancels)
-            if due[1]:
+            if due[1] or due[3]:
                 next_poll = now + poll
-                _logged(self._fill)
+                if due[1]:
+                    _logged(self._fill)
+                _logged(task.schedules.evaluate)  # type: ignore[attr-defined]  # the instance's is a ScheduleBook
 
     def _watched(self) -> dict[Attempt, float]:
         """The deadlines to watch: of attempts not stopped already (a timed-out `main` may run on)."""

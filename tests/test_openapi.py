@@ -75,6 +75,8 @@ def test_the_document_is_valid_openapi_3_1(spec_of):
     assert set(spec["paths"]) == {
         "/api", "/api/bulk", "/api/stats", "/api/{task_id}", "/api/{task_id}/log",
         "/ping", "/healthz", "/metrics", "/openapi.json", "/workers", "/dashboard",
+        "/api/schedules", "/api/schedules/{name}", "/api/schedules/{name}/pause", "/api/schedules/{name}/resume",
+        "/api/schedules/{name}/trigger",
     }
     assert set(spec["paths"]["/api"]) == {"post", "get"}
     assert set(spec["paths"]["/api/{task_id}"]) == {"parameters", "get", "delete"}

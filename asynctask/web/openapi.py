@@ -141,6 +141,9 @@ def _add_task(spec: dict[str, Any], task: AsyncTask, base: str, suffix: str) -> 
         f"{base}/{{task_id}}": {"parameters": by_id, "get": _show_operation(), "delete": _cancel_operation()},
         f"{base}/{{task_id}}/log": {"parameters": by_id, "get": _log_operation()},
     }
+    from .schedule_routes import schedule_paths
+
+    paths.update(schedule_paths(base))  # {endpoint}/schedules...
     secured = bool(getattr(task, "api_token", None))
     for item in paths.values():
         for method, operation in item.items():

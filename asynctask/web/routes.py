@@ -210,6 +210,9 @@ def create_blueprint(task: AsyncTask, endpoint: str = "/api", name: str | None =
         response.headers["X-Log-Offset"] = str(next_offset)
         return response
 
+    from .schedule_routes import register_schedule_routes
+
+    register_schedule_routes(blueprint, task, endpoint)  # {endpoint}/schedules...
     register_error_handlers(blueprint)
     # However the blueprint is added (init_app or app.register_blueprint), the app gets
     # /ping, /healthz, /metrics, /openapi.json and envelope errors with its first task type.

@@ -6,13 +6,17 @@ other action of the dashboard; the blueprint's guard checks the session and the 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from ...schedules.book import book_of
 from ...schedules.schedule import check_name
+
+if TYPE_CHECKING:
+    from ...task import AsyncTask
 
 #: What an action leaves for the page it redirects to; only these texts are shown.
 NOTICES = {
@@ -23,13 +27,14 @@ NOTICES = {
 ACTIONS = ("pause", "resume", "run")
 
 
-def register_schedule_pages(bp: Blueprint) -> None:
-    """Add `GET /dashboard/schedules` and its actions to the dashboard blueprint `bp`."""
-    from .views import NAME, _task, _types
+def register_schedule_pages(bp: Blueprint, templates: str, types_seen: Callable[[], dict[str, tuple[AsyncTask, str]]],
+                            task_of: Callable[[str], AsyncTask]) -> None:
+    """Add `GET /dashboard/schedules` and its actions to the dashboard blueprint `bp`: with its
+    `templates` folder, the types the session sees (`types_seen`) by key, and `task_of` a key (404 if unseen)."""
 
     @bp.get("/schedules")
     def schedules() -> str:
-        types = _types()
+        types = types_seen()
         rows: list[dict[str, Any]] = []
         for key, (task, endpoint) in types.items():
             rows += [{**view, "type": key, "endpoint": endpoint} for view in book_of(task).list()]
@@ -37,14 +42,14 @@ def register_schedule_pages(bp: Blueprint) -> None:
         started = request.args.get("task") if row is not None and request.args.get("done") == "ran" else None
         if row is None or started not in {run["task_id"] for run in row["runs"]}:
             started = None
-        return render_template(f"{NAME}/schedules.html", rows=rows, several=len(types) > 1, notice=notice,
+        return render_template(f"{templates}/schedules.html", rows=rows, several=len(types) > 1, notice=notice,
                                started=started, started_type=row["type"] if row else None)
 
     @bp.post("/schedules/<type_key>/<name>/<action>")
     def schedule_action(type_key: str, name: str, action: str) -> WerkzeugResponse:
         if action not in ACTIONS:
             abort(404)
-        task = _task(type_key)
+        task = task_of(type_key)
         check_name(name)
         book = book_of(task)
         if action == "run":

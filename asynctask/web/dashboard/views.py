@@ -37,6 +37,7 @@ from .auth import (
     tokens,
 )
 from .charts import queue_wait, seconds, throughput
+from .schedules import register_schedule_pages
 
 if TYPE_CHECKING:
     from ...task import AsyncTask
@@ -265,6 +266,7 @@ def create_blueprint() -> Blueprint:
             message=f"Something went wrong on the server (error id {error_id}); its log has the details.",
         ), 500
 
+    register_schedule_pages(bp, NAME, _types, _task)  # /dashboard/schedules (schedules.py)
     return bp
 
 
