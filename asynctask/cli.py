@@ -85,11 +85,13 @@ def _client(url: str, token: str | None, endpoint: str | None) -> Client:
     return Client(url, token, endpoint=endpoint)
 
 
-def _client_command(name: str, summary: str) -> Callable[[Callable[..., int]], click.Command]:
-    """A subcommand that talks to a running service at URL.
+def _client_command(name: str, summary: str, group: click.Group | None = None,
+                    check: Callable[[dict[str, Any]], object] = lambda kwargs: None,
+                    ) -> Callable[[Callable[..., int]], click.Command]:
+    """A subcommand (of `group`, default the top level) that talks to a running service at URL.
 
-    It gets a `client` instead of URL/--endpoint/--token; a refused or failed request becomes
-    a message on stderr and exit code 3.
+    It gets a `client` instead of URL/--endpoint/--token; `check` vets its other arguments
+    first; a refused or failed request becomes a message on stderr and exit code 3.
     """
 
     def decorate(run: Callable[..., int]) -> click.Command:
@@ -100,10 +102,12 @@ def _client_command(name: str, summary: str) -> Callable[[Callable[..., int]], c
             from .errors import AsyncTaskError
 
             try:
+                check(kwargs)
                 with _client(url, token, endpoint) as client:
                     return run(client, **kwargs)
             except (AsyncTaskError, requests.RequestException, ValueError) as exc:
-                print(f"asynctask {name}: {exc}", file=sys.stderr)
+                prefix = f"{group.name} " if group is not None else ""
+                print(f"asynctask {prefix}{name}: {exc}", file=sys.stderr)
                 return EXIT_REQUEST
 
         command = click.option("--token", default=None, envvar="ASYNCTASK_API_TOKEN", show_envvar=True,
@@ -111,7 +115,7 @@ def _client_command(name: str, summary: str) -> Callable[[Callable[..., int]], c
         command = click.option("--endpoint", default=None,
                                help="Path of the task's routes under URL (default: URL's own path, else /api).")(command)
         command = click.argument("url")(command)
-        return cli.command(name, help=run.__doc__ or summary, short_help=summary, epilog=EPILOG)(command)
+        return (group or cli).command(name, help=run.__doc__ or summary, short_help=summary, epilog=EPILOG)(command)
 
     return decorate
 
@@ -294,34 +298,16 @@ def schedules_group() -> None:
 
 
 def _schedules_command(name: str, summary: str) -> Callable[[Callable[..., int]], click.Command]:
-    """A `schedules` subcommand: it gets a `client` of the service at URL (see `_client_command`)
-    and a checked schedule NAME; a refused or failed request is exit code 3."""
+    """A `schedules` subcommand: a client command whose schedule NAME is checked first, so a
+    name never steers the request to another path."""
 
-    def decorate(run: Callable[..., int]) -> click.Command:
-        @functools.wraps(run)
-        def command(url: str, endpoint: str | None, token: str | None, **kwargs: Any) -> int:
-            import requests
+    def check(kwargs: dict[str, Any]) -> None:
+        from .schedules.schedule import check_name
 
-            from .errors import AsyncTaskError
-            from .schedules.schedule import check_name
+        if "name" in kwargs:
+            check_name(kwargs["name"])
 
-            try:
-                if "name" in kwargs:
-                    check_name(kwargs["name"])  # a name never steers the request to another path
-                with _client(url, token, endpoint) as client:
-                    return run(client, **kwargs)
-            except (AsyncTaskError, requests.RequestException, ValueError) as exc:
-                print(f"asynctask schedules {name}: {exc}", file=sys.stderr)
-                return EXIT_REQUEST
-
-        command = click.option("--token", default=None, envvar="ASYNCTASK_API_TOKEN", show_envvar=True,
-                               help="API token sent as a bearer token.")(command)
-        command = click.option("--endpoint", default=None,
-                               help="Path of the task's routes under URL (default: URL's own path, else /api).")(command)
-        command = click.argument("url")(command)
-        return schedules_group.command(name, help=run.__doc__ or summary, short_help=summary, epilog=EPILOG)(command)
-
-    return decorate
+    return _client_command(name, summary, schedules_group, check)
 
 
 @_schedules_command("list", "Print the schedules, with their last and next ticks, as JSON.")

@@ -44,6 +44,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
+sys.path[:0] = [str(ROOT), str(TESTS)]
+
+from apps import free_port, http  # noqa: E402
+
 FINISHED = ("success", "failed", "cancelled")
 HEARTBEAT, STALE_AFTER, POLL, CAP = 0.3, 1.0, 0.1, 3
 SKEW = 5.0  # seconds ahead and behind: more than stale_after
@@ -128,9 +132,7 @@ class Fleet:
         self.uri = f"mongodb://127.0.0.1:{int(line.split()[1])}/?directConnection=true"
 
     def start_api(self) -> None:
-        with contextlib.closing(__import__("socket").socket()) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         self.base = f"http://127.0.0.1:{port}"
         self.api_proc = self.spawn([sys.executable, "-m", "asynctask.cli", "serve", "fault_tasks:api", "--no-worker",
                                     "--bind", f"127.0.0.1:{port}", "--grace", "1"], self.env(), "api")
@@ -207,17 +209,6 @@ class Fleet:
                     os.killpg(proc.pid, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(10)
-
-
-def http(method: str, url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, json.loads(error.read() or b"null")
 
 
 def run(seed: int, duration: float, workers: int = 4, drain: float = 120.0, folder: Path | None = None,
