@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+import random
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future
@@ -455,7 +456,8 @@ class AsyncTask:
         claim_for = self._store.claim_fields(worker.owner, worker.name) if reserved else None
         try:
             doc, submitted = self._store.submit(
-                task_id, params, priority=priority, run_at=due, rerun_after=self.rerun_time_limit, trace_id=trace_id or uuid.uuid4().hex, claim_for=claim_for,
+                task_id, params, priority=priority, run_at=due, rerun_after=self.rerun_time_limit,
+                trace_id=trace_id or f"{random.getrandbits(128):032x}", claim_for=claim_for,
                 stored=rerun, only_new=new_task_id is not None,
             )
         except BaseException:

@@ -107,14 +107,20 @@ def _warn_if_not_shared() -> None:
     )
 
 
+def is_mongodb(collection: Any) -> bool:
+    """Whether `collection` is a MongoDB collection (pymongo's, or a lazy one)."""
+    from pymongo.collection import Collection
+
+    return isinstance(collection, (Collection, LazyMongoCollection))
+
+
 def majority(collection: Any) -> Any:
     """`collection` with majority write concern when it is a MongoDB collection (a write
     acknowledged then survives a failover: this needs a replica set without arbiters);
     any other store as it is."""
-    from pymongo.collection import Collection
     from pymongo.write_concern import WriteConcern
 
-    if isinstance(collection, (Collection, LazyMongoCollection)):
+    if is_mongodb(collection):
         return collection.with_options(write_concern=WriteConcern(w="majority"))
     return collection
 

@@ -38,7 +38,7 @@ from pymongo.errors import DuplicateKeyError
 from ..errors import InvalidTransition, TaskIdTaken, TaskNotFound
 from ..jsonable import as_utc, jsonable
 from ..status import ACTIVE, ALLOWED_FROM, FINISHED, RERUNNABLE, TaskStatus
-from .connection import majority
+from .connection import is_mongodb, majority
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +76,14 @@ class TaskStore:
         self.type = task_type
         self.result_ttl = result_ttl
         self._indexed = False
+        self._mongodb = is_mongodb(collection)
 
     @property
     def _decisive(self) -> Any:
         """The collection for the writes a failover must not roll back (claims, status moves):
         majority write concern on MongoDB, so an acknowledged claim's attempt number is never
         reused. Looked up on use: a lazy collection connects in each process, after a fork."""
-        return majority(self.collection)
+        return majority(self.collection) if self._mongodb else self.collection
 
     def ensure_indexes(self) -> None:
         """Create the indexes (idempotent; once per store object)."""
