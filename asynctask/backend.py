@@ -1,9 +1,9 @@
 """The queue as a worker sees it: every call a worker and an attempt make to it, in one class.
 
 `StoreBackend` makes them on the database (the task store, the worker registry, the
-`max_concurrency` slots, the sweep). A remote worker uses `remote.HttpBackend`, which makes
-the same calls over the service's HTTP API, where they end in this class: there is one
-lifecycle, whichever side of the network the worker runs on.
+`max_concurrency` slots, the rate and per-key limits, the sweep). A remote worker uses
+`remote.HttpBackend`, which makes the same calls over the service's HTTP API, where they end
+in this class: there is one lifecycle, whichever side of the network the worker runs on.
 
 Every write of an attempt is fenced by its attempt number (and, for a release, its owner).
 """
@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from .attempt import Attempt
 from .expiry import remove_expired_logs
+from .limits import Limits
 from .status import TaskStatus
 from .store.registry import ConcurrencySlots, Workers
 from .store.tasks import TaskStore, utcnow
@@ -52,6 +53,7 @@ class StoreBackend:
 
     Args:
         store, workers, limit: the task documents, the worker registry, the concurrency slots.
+        limits: the rate limit and per-key concurrency limit, if the type has any.
         stale_after, heartbeat_interval, max_attempts: the liveness options (seconds).
         on_finished, on_requeued: notified when a sweep ends tasks or puts them back.
         logger_dir, result_ttl: where expired logs are removed from, when results expire.
@@ -65,8 +67,9 @@ class StoreBackend:
         self, store: TaskStore, workers: Workers, limit: ConcurrencySlots | None, *, stale_after: float,
         heartbeat_interval: float, max_attempts: int, on_finished: Callable[[str, int], None],
         on_requeued: Callable[[], None], logger_dir: Any = None, result_ttl: timedelta | None = None,
+        limits: Limits | None = None,
     ) -> None:
-        self.store, self.workers, self.limit = store, workers, limit
+        self.store, self.workers, self.limit, self.limits = store, workers, limit, limits
         self.type = store.type
         self.stale_after, self.heartbeat_interval, self.max_attempts = stale_after, heartbeat_interval, max_attempts
         self.on_finished, self.on_requeued = on_finished, on_requeued
@@ -76,12 +79,13 @@ class StoreBackend:
     # -- taking work ------------------------------------------------------------------------
 
     def claim(self, owner: str, worker: str) -> Attempt | None:
-        """Claim the next due task for this worker, within `max_concurrency` when it is set."""
+        """Claim the next due task for this worker, within `max_concurrency` and the limits."""
         slot = self.limit.acquire() if self.limit is not None else None
         if self.limit is not None and slot is None:
             return None
         try:
-            doc = self.store.claim(self.store.claim_fields(owner, worker))
+            claim_for = self.store.claim_fields(owner, worker)
+            doc = self.store.claim(claim_for) if self.limits is None else self.limits.claim(claim_for)
         except BaseException:
             if slot is not None and self.limit is not None:
                 self.limit.free(slot)
@@ -129,7 +133,7 @@ class StoreBackend:
             sweeper = self._sweepers[owner] = Sweeper(
                 self.store, self.workers, self.limit, owner=owner, stale_after=self.stale_after,
                 interval=self.heartbeat_interval, max_attempts=self.max_attempts,
-                on_finished=self.on_finished, on_requeued=self.on_requeued,
+                on_finished=self.on_finished, on_requeued=self.on_requeued, limits=self.limits,
             )
         sweeper.sweep()
         if self.result_ttl is not None and self.logger_dir is not None:
@@ -158,9 +162,13 @@ class StoreBackend:
         return contextlib.nullcontext()
 
     def free(self, attempt: Attempt) -> None:
-        """The attempt is over: its `max_concurrency` slot is free again."""
-        if self.limit is not None:
-            self.limit.release(attempt.task_id, attempt.number)
+        """The attempt is over: its `max_concurrency` slot and its per-key share are free again."""
+        try:
+            if self.limit is not None:
+                self.limit.release(attempt.task_id, attempt.number)
+        finally:
+            if self.limits is not None:
+                self.limits.free(attempt)
 
 
 def attempt_of(doc: dict[str, Any]) -> Attempt:

@@ -23,7 +23,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from .signals import attempt_ended, attempt_started, task_finished, task_submitted
+from .signals import attempt_ended, attempt_started, claim_held, task_finished, task_submitted
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -49,10 +49,16 @@ EVENT_LOOP_LAG = Gauge(
 HTTP_REQUESTS = Counter(
     "asynctask_http_requests", "HTTP requests answered.", ["method", "route", "code"]
 )
+#: Labelled by type and reason only: a key would make one series per tenant.
+CLAIMS_HELD = Counter(
+    "asynctask_claims_held", "Claims that found due tasks but started none: a limit held them back.",
+    ["task", "reason"],
+)
 
 
 QUEUE_DEPTH_HELP = "Tasks due and waiting in the queue, per task type (read from the database at scrape)."
 OLDEST_DUE_HELP = "Seconds the oldest due task of each type has waited (0 when none waits)."
+HELD_HELP = "Due tasks a rate limit or a per-key concurrency limit holds back now, per type and reason."
 
 
 def submitted(task_name: str) -> None:
@@ -76,6 +82,11 @@ def finished(task_name: str, status: str, seconds: float | None) -> None:
 def stopped(task_name: str) -> None:
     """An attempt that `started()` here ended without finishing its task (retry, release, fenced out)."""
     TASKS_IN_FLIGHT.labels(task=task_name).dec()
+
+
+def held(task_name: str, reason: str) -> None:
+    """Count a claim that a limit held back ("rate" or "concurrency")."""
+    CLAIMS_HELD.labels(task=task_name, reason=reason).inc()
 
 
 def loop_lag(seconds: float) -> None:
@@ -107,11 +118,15 @@ def render(tasks: Iterable[Any] = ()) -> tuple[bytes, str]:
     queue = CollectorRegistry()
     depth = Gauge("asynctask_queue_depth", QUEUE_DEPTH_HELP, ["task"], registry=queue)
     oldest = Gauge("asynctask_queue_oldest_due_seconds", OLDEST_DUE_HELP, ["task"], registry=queue)
+    held_now = Gauge("asynctask_queue_held", HELD_HELP, ["task", "reason"], registry=queue)
     now = datetime.now(timezone.utc)
     for task in tasks:
         count, since = task.asynctask_engine.store.queue_depth(now)
         depth.labels(task=task.name).set(count)
         oldest.labels(task=task.name).set(max((now - since).total_seconds(), 0.0) if since else 0.0)
+        limits = task.asynctask_engine.backend.limits
+        for reason, waiting in (limits.held_back() if limits is not None else {}).items():
+            held_now.labels(task=task.name, reason=reason).set(waiting)
     return generate_latest(registry) + generate_latest(queue), CONTENT_TYPE_LATEST
 
 
@@ -130,6 +145,10 @@ def _on_ended(sender: Any, *, attempt: Any, seconds: float, **_: Any) -> None:
         stopped(sender.name)
 
 
+def _on_held(sender: Any, *, reason: str, **_: Any) -> None:
+    held(sender.name, reason)
+
+
 def _on_finished(sender: Any, *, status: str, count: int = 1, **_: Any) -> None:
     for _i in range(count):
         finished(sender.name, status, None)
@@ -139,6 +158,7 @@ task_submitted.connect(_on_submitted)
 attempt_started.connect(_on_started)
 attempt_ended.connect(_on_ended)
 task_finished.connect(_on_finished)
+claim_held.connect(_on_held)
 
 
 def mark_process_dead(pid: int) -> None:

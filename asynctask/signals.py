@@ -25,6 +25,9 @@ attempt_ended = _signals.signal("attempt-ended")
 #: A task reached a final status without an attempt of this process (a cancel before it
 #: started, a task failed after its workers were lost). Keywords: `status`, `count`.
 task_finished = _signals.signal("task-finished")
+#: A claim of this process found due tasks but could start none: a limit held them back.
+#: Keyword: `reason` ("rate" or "concurrency").
+claim_held = _signals.signal("claim-held")
 
 
 def emit(signal: Any, sender: Any, **kwargs: Any) -> None:

@@ -1,6 +1,6 @@
 """Recovery of one task type: orphans back to the queue, dead workers forgotten, stuck
-concurrency slots freed. Run from a worker's loop each heartbeat interval, and done only by
-the process that holds the type's sweep lease (one sweeper, not one per process).
+concurrency slots and per-key shares freed. Run from a worker's loop each heartbeat interval,
+and done only by the process that holds the type's sweep lease (one sweeper, not one per process).
 
 Silence is judged by `liveness.Silence` (counters that stopped changing, timed on this
 process's monotonic clock while it was in touch with the database), so neither a skewed clock
@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from pymongo.errors import PyMongoError
 
+from .limits import Limits
 from .liveness import Lease, Silence
 from .status import TaskStatus
 from .store.registry import ConcurrencySlots, Workers
@@ -31,9 +32,9 @@ class Sweeper:
         self, store: TaskStore, workers: Workers, limit: ConcurrencySlots | None, *, owner: str,
         stale_after: float, interval: float, max_attempts: int,
         on_finished: Callable[[str, int], None], on_requeued: Callable[[], None],
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, limits: Limits | None = None,
     ) -> None:
-        self.store, self.workers, self.limit = store, workers, limit
+        self.store, self.workers, self.limit, self.limits = store, workers, limit, limits
         self.max_attempts = max_attempts
         self.on_finished, self.on_requeued = on_finished, on_requeued
         self.lease = Lease(lambda: workers.collection, f"sweep/{store.type}", owner,
@@ -41,6 +42,7 @@ class Sweeper:
         self._tasks: Silence[tuple[str, int]] = Silence(stale_after, interval, clock)
         self._entries: Silence[str] = Silence(stale_after, interval, clock)
         self._claims: Silence[str] = Silence(stale_after, interval, clock)
+        self._shares: Silence[tuple[str, str, int]] = Silence(stale_after, interval, clock)
 
     def sweep(self) -> None:
         """One round, if this process holds (or may take) the lease."""
@@ -51,7 +53,7 @@ class Sweeper:
         if not held:
             self._forget()
             return
-        for step in (self._orphans, self._dead_workers, self._stuck_slots):
+        for step in (self._orphans, self._dead_workers, self._stuck_slots, self._stuck_shares):
             try:
                 step()
             except PyMongoError as exc:
@@ -69,7 +71,7 @@ class Sweeper:
             logger.warning("%s: could not hand back the sweep lease: %s", self.store.type, exc)
 
     def _forget(self) -> None:
-        for silence in (self._tasks, self._entries, self._claims):
+        for silence in (self._tasks, self._entries, self._claims, self._shares):
             silence.forget()
 
     def _orphans(self) -> None:
@@ -110,4 +112,10 @@ class Sweeper:
     def _stuck_slots(self) -> None:
         if self.limit is not None:
             self.limit.reap(self._claims)
+
+    def _stuck_shares(self) -> None:
+        """Per-key shares of attempts that no longer run (after `_orphans`, so a killed worker's
+        share is given back in the round that requeues its task); idle limit documents go."""
+        if self.limits is not None:
+            self.limits.docs.reap(self._shares)
 

@@ -13,7 +13,7 @@ import logging
 import os
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -27,12 +27,13 @@ from .executors import Executors
 from .instances import forget as forget_instance
 from .instances import register as register_instance
 from .lifecycle import error_text
+from .limits import Limits, class_option
 from .logs import task_logger
 from .longpoll import LongPolls
 from .process import PerProcess
 from .retry import RetryPolicy
 from .schedules import Schedule, ScheduleBook
-from .signals import emit, task_finished, task_submitted
+from .signals import claim_held, emit, task_finished, task_submitted
 from .status import FINISHED, TaskStatus
 from .store.registry import ConcurrencySlots, Workers
 from .store.tasks import TaskStore
@@ -70,6 +71,12 @@ class AsyncTask:
             off). False makes a process that only accepts and serves tasks.
         poll_interval: seconds between claims of an idle worker.
         max_concurrency: at most this many tasks of this type run at once across every process.
+        rate_limit: "N/period[ burst=B]" ("5/60s", "600/m", "100/h"): at most N tasks of this type
+            start in any window of the period across every process (B more after a quiet spell).
+        rate_limit_key: the param whose value (or a function of the params whose answer; None:
+            no limit) the rate limit applies to separately.
+        concurrency_key, max_concurrency_per_key: at most that many tasks with the same key (a
+            param's value, or a function of the params) run at once across every process.
         heartbeat_interval: seconds between heartbeats (and recovery sweeps) of this process.
         stale_after: seconds a worker may stay silent before its tasks are orphaned (default
             3 x interval, at least 2 x interval); timed by the sweeping process's own clock.
@@ -91,6 +98,10 @@ class AsyncTask:
     rerun_time_limit: Any = None
     poll_interval: Any = 1.0
     max_concurrency: int | None = None
+    rate_limit: Any = None
+    rate_limit_key: Any = None
+    concurrency_key: Any = None
+    max_concurrency_per_key: int | None = None
     heartbeat_interval: Any = 10
     stale_after: Any = None
     max_attempts: int = 3
@@ -126,6 +137,10 @@ class AsyncTask:
         worker: bool | None = None,
         poll_interval: int | float | timedelta = _UNSET,
         max_concurrency: int | None = _UNSET,
+        rate_limit: str | None = _UNSET,
+        rate_limit_key: str | Callable[[dict[str, Any]], str | None] | None = _UNSET,
+        concurrency_key: str | Callable[[dict[str, Any]], str | None] | None = _UNSET,
+        max_concurrency_per_key: int | None = _UNSET,
         heartbeat_interval: int | float | timedelta = _UNSET,
         stale_after: int | float | timedelta | None = _UNSET,
         max_attempts: int = _UNSET,
@@ -202,11 +217,23 @@ class AsyncTask:
         self._limit = None if self.max_concurrency is None else ConcurrencySlots(
             collection, self.name, self.max_concurrency
         )
+        self._limits = Limits.configure(
+            self._store, self._signature, rate_limit=option("rate_limit", rate_limit),
+            rate_limit_key=class_option(type(self), self, "rate_limit_key") if rate_limit_key is _UNSET
+            else rate_limit_key,
+            concurrency_key=class_option(type(self), self, "concurrency_key") if concurrency_key is _UNSET
+            else concurrency_key,
+            max_concurrency_per_key=option("max_concurrency_per_key", max_concurrency_per_key),
+            on_held=lambda reason: emit(claim_held, self, reason=reason), wake=self._wake, wake_at=self._wake_at,
+        )
+        self.rate_limit = None if self._limits is None else self._limits.rate
+        self.max_concurrency_per_key = None if self._limits is None else self._limits.per_key
+        self._store.explain = None if self._limits is None else self._limits.explain
         self._backend = StoreBackend(
             self._store, self._workers, self._limit, stale_after=self.stale_after.total_seconds(),
             heartbeat_interval=self.heartbeat_interval.total_seconds(), max_attempts=self.max_attempts,
             on_finished=lambda status, count: emit(task_finished, self, status=status, count=count),
-            on_requeued=self._wake, logger_dir=self.logger_dir, result_ttl=self.result_ttl,
+            on_requeued=self._wake, logger_dir=self.logger_dir, result_ttl=self.result_ttl, limits=self._limits,
         )
         self._long_polls = LongPolls(self._store.finished_among)
         #: What runs this type, for the web layer, the worker command and metrics.
@@ -447,18 +474,20 @@ class AsyncTask:
         else:
             params = self._signature.check(params)
             task_id = self._task_id_for(params)
+        keys = None if self._limits is None else self._limits.keys(params)
         if self._closed:
             raise ShuttingDown("this task service is shut down and takes no new task")
         worker = self._runtime()
         if self.worker:
             worker.start()
-        reserved = due is None and self._limit is None and worker.reserve()
+        # A capped or limited type claims through its worker, which checks the caps first.
+        reserved = due is None and self._limit is None and self._limits is None and worker.reserve()
         claim_for = self._store.claim_fields(worker.owner, worker.name) if reserved else None
         try:
             doc, submitted = self._store.submit(
                 task_id, params, priority=priority, run_at=due, rerun_after=self.rerun_time_limit,
                 trace_id=trace_id or f"{random.getrandbits(128):032x}", claim_for=claim_for,
-                stored=rerun, only_new=new_task_id is not None,
+                stored=rerun, only_new=new_task_id is not None, keys=keys,
             )
         except BaseException:
             if reserved:
@@ -497,6 +526,11 @@ class AsyncTask:
         if (worker := self._worker.peek()) is not None:
             worker.wake()
 
+    def _wake_at(self, monotonic_time: float) -> None:
+        """A held-back task may start at `monotonic_time`: let this process's worker claim then."""
+        if (worker := self._worker.peek()) is not None:
+            worker.wake_at(monotonic_time)
+
     def _start_worker(self, concurrency: int | None, backend: Backend | None = None) -> None:
         """Run as a dedicated worker with `concurrency` slots (the `asynctask worker` command);
         with `backend`, a remote worker that reaches the queue through it instead of the database."""
@@ -511,7 +545,7 @@ class AsyncTask:
     def __getstate__(self) -> dict[str, Any]:
         """What a child process needs to run `main`: no collection, pool, thread or lock."""
         state = self.__dict__.copy()
-        for name in ("collection", "_store", "_executors", "_worker", "_workers", "_limit", "_signature", "_backend",
-                     "_remote", "_long_polls", "asynctask_engine"):
+        for name in ("collection", "_store", "_executors", "_worker", "_workers", "_limit", "_limits", "_signature",
+                     "_backend", "_remote", "_long_polls", "asynctask_engine"):
             state.pop(name, None)
         return state

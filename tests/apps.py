@@ -16,6 +16,8 @@ gunicorn imports `apps:app` in each worker; everything comes from environment va
 | `APPS_MAX_ATTEMPTS` | `max_attempts` (default 3) |
 | `APPS_POLL` | `poll_interval` in seconds (default 1) |
 | `APPS_MAX_CONCURRENCY` | `max_concurrency` (default none) |
+| `APPS_RATE_LIMIT` | `rate_limit` (default none) |
+| `APPS_PER_KEY` | `max_concurrency_per_key`, keyed by `tenant` (the `key` up to its first `-`) |
 | `APPS_LOG_DIR` | folder of the task logs (default `logs`) |
 
 `main` records every call in the database, not in memory, so the test process sees the calls
@@ -94,6 +96,11 @@ class Recorded(AsyncTask):
         return {"key": key, "pid": os.getpid()}
 
 
+def tenant(params: dict[str, Any]) -> str:
+    """The tenant of a task: its `key` up to the first "-" (`"A-07"` is tenant A's)."""
+    return str(params["key"]).split("-")[0]
+
+
 def build(
     uri: str,
     collection: str,
@@ -110,6 +117,8 @@ def build(
     poll: float = 1.0,
     max_concurrency: int | None = None,
     worker: bool | None = None,
+    rate_limit: str | None = None,
+    per_key: int | None = None,
 ) -> Recorded:
     """A `Recorded` task on `database.collection` at `uri`, its calls in `<collection>_calls`."""
     return Recorded(
@@ -118,6 +127,7 @@ def build(
         fail_first=fail_first,
         max_worker=max_worker, heartbeat_interval=heartbeat, stale_after=stale_after,
         max_attempts=max_attempts, poll_interval=poll, max_concurrency=max_concurrency, worker=worker,
+        rate_limit=rate_limit, concurrency_key=tenant if per_key else None, max_concurrency_per_key=per_key,
     )
 
 
@@ -142,6 +152,8 @@ def from_environment() -> Recorded | None:
         log_dir=os.environ.get("APPS_LOG_DIR", "logs"),
         poll=float(os.environ.get("APPS_POLL", "1")),
         max_concurrency=int(os.environ["APPS_MAX_CONCURRENCY"]) if os.environ.get("APPS_MAX_CONCURRENCY") else None,
+        rate_limit=os.environ.get("APPS_RATE_LIMIT") or None,
+        per_key=int(os.environ["APPS_PER_KEY"]) if os.environ.get("APPS_PER_KEY") else None,
     )
 
 

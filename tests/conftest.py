@@ -48,7 +48,7 @@ def name(db: Any) -> Iterator[str]:
     """A fresh collection name for this test; it and its calls collection are dropped after."""
     collection = f"d_{uuid.uuid4().hex[:12]}"
     yield collection
-    for suffix in ("", "_calls", ".workers", ".slots"):
+    for suffix in ("", "_calls", ".workers", ".slots", ".limits"):
         db.drop_collection(f"{collection}{suffix}")
 
 

@@ -12,7 +12,8 @@ process-local lock:
 Indexes, and the queries each one serves:
 - `task_id_unique` (task_id): every query by id, the submission's upsert, heartbeats and cancel
   checks of the tasks a worker holds (`task_id $in [...]`).
-- `claim_queued` (type, priority desc, run_at; only queued tasks): the claim's filter and sort.
+- `claim_queued` (type, priority desc, run_at; only queued tasks): the claim's filter and sort,
+  also when a limited claim passes over the tasks of held-back keys (`next_due`).
 - `due_queued` (type, run_at; only queued tasks): the queue depth and the oldest due task.
 - `running` (type, worker; only running tasks): the sweep's read of the heartbeat counters,
   and the running count per worker of `/workers`.
@@ -28,7 +29,7 @@ import builtins
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -46,9 +47,11 @@ logger = logging.getLogger(__name__)
 PUBLIC_FIELDS = (
     "task_id", "status", "params", "result", "error", "attempts",
     "created_at", "started_at", "finished_at", "update_time",
-    "progress", "next_retry_at", "trace_id", "priority", "run_at", "queued_at", "worker",
+    "progress", "next_retry_at", "trace_id", "priority", "run_at", "queued_at", "worker", "held",
 )
-_PUBLIC_PROJECTION = {"_id": 0, **{name: 1 for name in PUBLIC_FIELDS}}
+#: The keys of the rate and concurrency limits, stored at submission (`limits.Limits.keys`).
+_KEY_FIELDS = ("rate_key", "concurrency_key")
+_PUBLIC_PROJECTION = {"_id": 0, **{name: 1 for name in (*PUBLIC_FIELDS, *_KEY_FIELDS)}}
 #: What a task carries only while an attempt of it runs (`deadline` only on tasks of 0.2).
 _ATTEMPT_FIELDS = ("owner", "worker", "heartbeat_at", "beats", "deadline", "cancel_requested")
 #: What a new submission starts without.
@@ -77,6 +80,8 @@ class TaskStore:
         self.result_ttl = result_ttl
         self._indexed = False
         self._mongodb = is_mongodb(collection)
+        #: Fills `held` in the views of queued tasks a limit holds back (`limits.Limits.explain`).
+        self.explain: Callable[[builtins.list[dict[str, Any]], builtins.list[dict[str, Any]]], None] | None = None
 
     @property
     def _decisive(self) -> Any:
@@ -143,6 +148,7 @@ class TaskStore:
         claim_for: Mapping[str, Any] | None = None,
         stored: bool = False,
         only_new: bool = False,
+        keys: Mapping[str, str | None] | None = None,
         now: datetime | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Submit the task if the run rule allows it, in one atomic operation.
@@ -152,7 +158,8 @@ class TaskStore:
         at once instead, which saves the claim's round trip when the submitting process has a
         free slot. A task id not `stored` yet is first inserted (the unique index refuses a
         second one); an existing document gets the run rule's upsert, unless `only_new` (a
-        schedule's tick: an id taken already is never submitted again). Returns the task's
+        schedule's tick: an id taken already is never submitted again). `keys` are the task's
+        limit keys (`rate_key`, `concurrency_key`), stored with it. Returns the task's
         document and whether this call submitted it; when the task exists and may not run
         again, its document is returned unsubmitted.
         """
@@ -163,7 +170,7 @@ class TaskStore:
         fields: dict[str, Any] = {
             "type": self.type, "params": dict(params), "params_text": _searchable(params),
             "priority": priority, "run_at": due,
-            "queued_at": now, "update_time": now, "trace_id": trace_id, "retries": 0, "lost": 0,
+            "queued_at": now, "update_time": now, "trace_id": trace_id, "retries": 0, "lost": 0, **(keys or {}),
         }
         unset = set(_RESET_ON_SUBMIT)
         update: dict[str, Any] = {"$set": fields, "$setOnInsert": {"created_at": now}}
@@ -203,22 +210,25 @@ class TaskStore:
             # It was re-runnable a moment ago: a rival submission is under way; try again.
         raise InvalidTransition(f"task {task_id!r} kept changing while it was submitted")
 
-    def claim(self, claim_for: Mapping[str, Any], now: datetime | None = None) -> dict[str, Any] | None:
+    def claim(self, claim_for: Mapping[str, Any], now: datetime | None = None, *,
+              match: Mapping[str, Any] | None = None, started: datetime | None = None) -> dict[str, Any] | None:
         """Take the next due task of this type for a worker: highest priority first, then oldest.
 
         One atomic `find_one_and_update` (served by the `claim` index) makes it `running` for
         the worker described by `claim_for`, and increments `attempts`: the new attempt's
-        number, which fences out every earlier attempt.
+        number, which fences out every earlier attempt. `match` narrows the tasks it may take
+        (a rate-limited claim takes the one it picked); `started` is the `started_at` to write
+        (the moment a rate limit counted the start; default now).
         """
         now = now or utcnow()
         query, update = self._move(
-            TaskStatus.RUNNING, None, {**claim_for, "started_at": now}, ("progress", "result", "next_retry_at"),
-            {"attempts": 1}, now,
+            TaskStatus.RUNNING, None, {**claim_for, "started_at": started or now},
+            ("progress", "result", "next_retry_at"), {"attempts": 1}, now,
         )
         # The document as it was (cheaper than reading it back in the in-memory store), brought
         # up to date here with what the update wrote.
         doc = self._decisive.find_one_and_update(
-            {**query, "run_at": {"$lte": now}}, update,
+            {**query, **(match or {}), "run_at": {"$lte": now}}, update,
             sort=[("priority", DESCENDING), ("run_at", ASCENDING)], return_document=ReturnDocument.BEFORE,
         )
         if doc is None:
@@ -233,6 +243,23 @@ class TaskStore:
         """What a claim writes about the worker that runs the attempt. `beats` is the counter its
         heartbeats bump; `heartbeat_at` (the worker's own clock) is shown, never compared."""
         return {"owner": owner, "worker": worker, "heartbeat_at": now or utcnow(), "beats": 0}
+
+    def next_due(self, conditions: Mapping[str, Any], limit: int = 1,
+                 now: datetime | None = None) -> builtins.list[dict[str, Any]]:
+        """The first `limit` due queued tasks a claim would take among those matching
+        `conditions` (their ids, attempts and limit keys), in the claim's order, which the
+        `claim_queued` index serves."""
+        cursor = self.collection.find(
+            {**conditions, "type": self.type, "status": TaskStatus.QUEUED.value, "run_at": {"$lte": now or utcnow()}},
+            {"_id": 0, "task_id": 1, "attempts": 1, **{name: 1 for name in _KEY_FIELDS}},
+        ).sort([("priority", DESCENDING), ("run_at", ASCENDING)]).limit(limit)
+        return list(cursor)
+
+    def count_due(self, conditions: Mapping[str, Any], now: datetime | None = None) -> int:
+        """How many due queued tasks match `conditions`."""
+        return self.collection.count_documents(
+            {**conditions, "type": self.type, "status": TaskStatus.QUEUED.value, "run_at": {"$lte": now or utcnow()}}
+        )
 
     def stored_params(self, task_id: str) -> dict[str, Any]:
         """The params a stored task was submitted with; `TaskNotFound` if there is no task."""
@@ -528,7 +555,7 @@ class TaskStore:
     def public(self, task_id: str) -> dict[str, Any] | None:
         """The public view of a task, times as aware UTC; None if unknown."""
         doc = self.collection.find_one({"task_id": task_id, "type": self.type}, _PUBLIC_PROJECTION)
-        return None if doc is None else _public(doc)
+        return None if doc is None else self._views([doc])[0]
 
     def list(self, status: str | None = None, limit: int = 50, skip: int = 0,
              search: str | None = None) -> dict[str, Any]:
@@ -553,7 +580,7 @@ class TaskStore:
             .skip(skip)
             .limit(limit)
         )
-        tasks = [_public(doc) for doc in docs]
+        tasks = self._views(list(docs))
         counts = self.counts()
         if search:
             total = self.collection.count_documents(query)
@@ -599,6 +626,13 @@ class TaskStore:
             {"$set": fields, "$setOnInsert": {k: v for k, v in on_insert.items() if k not in fields}},
             upsert=True,
         )
+
+    def _views(self, docs: builtins.list[dict[str, Any]]) -> builtins.list[dict[str, Any]]:
+        """The public views of stored documents, with `held` filled in when limits apply."""
+        views = [_public(doc) for doc in docs]
+        if self.explain is not None and views:
+            self.explain(docs, views)
+        return views
 
     def _expiry(self, status: str, now: datetime) -> dict[str, Any]:
         """`expire_at` for a task that finishes now, when finished tasks expire."""

@@ -288,6 +288,16 @@ def _task_view() -> dict[str, Any]:
             },
             "next_retry_at": _date_time(),
             "trace_id": {"type": ["string", "null"]},
+            "held": {
+                "type": ["object", "null"],
+                "description": "Why a due queued task waits: the rate limit or per-key concurrency limit "
+                               "holding it back (`until`: when the rate lets its next start), else null.",
+                "properties": {
+                    "reason": {"type": "string", "enum": ["rate", "concurrency"]},
+                    "key": {"type": ["string", "null"]},
+                    "until": _date_time(),
+                },
+            },
         },
     }
 

@@ -136,6 +136,7 @@ def create_worker_blueprint(task: AsyncTask, endpoint: str) -> Blueprint:
             raise BadRequest(f"'ending' must be one of {sorted([*FINAL, 'retry', 'released'])}, not {ending!r}")
         if status is None:
             raise AttemptSuperseded(f"attempt {attempt.number} of task {attempt.task_id} is no longer current")
+        backend.free(attempt)  # its concurrency shares, now rather than at the next sweep
         return envelope({"status": status})
 
     @blueprint.post(f"{base}/worker/leave")

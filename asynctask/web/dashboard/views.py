@@ -112,10 +112,12 @@ def create_blueprint() -> Blueprint:
         for key, (task, endpoint) in _types().items():
             counts = task.list(limit=1)["counts"]
             stats = task.stats(STATS_MINUTES)
+            limits = task.asynctask_engine.backend.limits  # due tasks a rate or per-key limit holds back
             cards.append({
                 "key": key, "endpoint": endpoint, "counts": {s: counts.get(s, 0) for s in STATUSES},
                 "total": sum(counts.values()), "stats": stats,
                 "throughput": throughput(stats["series"]), "queue_wait": queue_wait(stats["series"]),
+                "held": {} if limits is None else {reason: n for reason, n in limits.held_back().items() if n},
             })
             running += [{**view, "type": key} for view in task.list(TaskStatus.RUNNING.value, 20)["tasks"]]
         running.sort(key=lambda view: _time(view.get("started_at")))
