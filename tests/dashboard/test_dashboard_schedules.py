@@ -8,27 +8,20 @@ visible text, the labels and the names of buttons. Waiting is Playwright's auto-
 from __future__ import annotations
 
 import logging
-import threading
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from flask import Flask
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from dashboard_app import app_of
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 from waiting import wait_for
-from werkzeug.serving import make_server
 
 from asynctask import AsyncTask, Schedule
 from asynctask.web.dashboard import auth
 
 pytestmark = pytest.mark.timeout(90)
 
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--no-first-run", "--disable-sync", "--disable-quic",
-]
 TOKEN = "schedules-dashboard-token"
 DAY = timedelta(days=1)
 #: Before the first tick of `Nightly` (02:00 in Berlin is 01:00 UTC in winter).
@@ -61,33 +54,6 @@ class Other(AsyncTask):
 # -- fixtures -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[[Flask], str]]:
-    """Serve apps from threads for this test; returns each one's base URL."""
-    servers: list[tuple[Any, threading.Thread]] = []
-
-    def start(app: Flask) -> str:
-        server = make_server("127.0.0.1", 0, app, threaded=True)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        return f"http://127.0.0.1:{server.server_port}"
-
-    yield start
-    for server, thread in reversed(servers):
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
-
-
 @pytest.fixture
 def context(browser: Browser) -> Iterator[BrowserContext]:
     context = browser.new_context(viewport={"width": 1500, "height": 900})
@@ -106,13 +72,6 @@ def page(context: BrowserContext, console: list[str]) -> Page:
     page = context.new_page()
     page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
     return page
-
-
-def app_of(*tasks: AsyncTask) -> Flask:
-    app = Flask(f"schedules-{uuid.uuid4().hex[:6]}")
-    for task in tasks:
-        task.init_app(app, f"/api/{task.name.lower()}")
-    return app
 
 
 def row(page: Page, name: str) -> Any:

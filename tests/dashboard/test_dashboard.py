@@ -11,27 +11,22 @@ import logging
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
+from dashboard_app import app_of
 from flask import Flask
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 from waiting import wait_for, wait_until
-from werkzeug.serving import make_server
 
 from asynctask import AsyncTask, report_progress
 from asynctask.web.dashboard import auth, views
 
 pytestmark = pytest.mark.timeout(60)
 
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--no-first-run", "--disable-sync", "--disable-quic",
-]
 SCRIPT = "<script>window.pwned = 'script'</script>"
 IMAGE = "<img src=x onerror=\"window.pwned = 'img'\">"
 TOKEN = "dashboard-test-token"
@@ -81,42 +76,6 @@ class Echo(AsyncTask):
 
 # -- fixtures -------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@contextmanager
-def serving(app: Flask) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[[Flask], str]]:
-    """Serve apps from threads for this test; returns each one's base URL."""
-    stack: list[Any] = []
-
-    def start(app: Flask) -> str:
-        manager = serving(app)
-        stack.append(manager)
-        return manager.__enter__()
-
-    yield start
-    for manager in reversed(stack):
-        manager.__exit__(None, None, None)
-
-
 class Recorded:
     """What the browser did: the URLs it requested and the console messages."""
 
@@ -145,14 +104,6 @@ def page(context: BrowserContext, recorded: Recorded) -> Page:
     page.on("console", lambda message: recorded.console.append(f"{message.type}: {message.text}"))
     page.on("dialog", lambda dialog: dialog.accept())  # the bulk actions ask first
     return page
-
-
-def app_of(*tasks: AsyncTask) -> Flask:
-    """One Flask app serving each task type at /api/<name>."""
-    app = Flask(f"dashboard-{uuid.uuid4().hex[:6]}")
-    for task in tasks:
-        task.init_app(app, f"/api/{task.name.lower()}")
-    return app
 
 
 def row(page: Page, task_id: str) -> Any:
