@@ -40,6 +40,8 @@ class Attempt:
     stop_reason: str | None = None
     #: The final status this attempt wrote (success, failed, cancelled), if it wrote one.
     final_status: str | None = None
+    #: Set once the outcome is being written: that write is fenced, so a heartbeat's verdict no longer matters.
+    recording: bool = False
     wake: threading.Event = field(default_factory=threading.Event, repr=False)
     #: Writes progress somewhere: the store, or a queue to the parent process.
     reporter: Callable[[float, str | None], object] | None = field(default=None, repr=False)

@@ -238,6 +238,7 @@ def record(task: AsyncTask, worker: Worker, attempt: Attempt, outcome: Outcome,
     write the database refuses for good (a document over 16 MiB) records `failed` instead,
     naming the cause. A retry or release that finds a cancel request ends `cancelled`.
     """
+    attempt.recording = True
     substituted = False
     pauses = iter((*worker.backend.record_backoff, None))
     while True:

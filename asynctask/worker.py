@@ -294,7 +294,8 @@ class Worker:
         """Bump the counters of the tasks this worker holds; stop the attempts it lost meanwhile
         (a sweep judged it silent and the task runs elsewhere: its writes are fenced)."""
         held = self.held()
-        for task_id in self.backend.heartbeat(self.owner, [a.task_id for a in held]):
+        lost = self.backend.heartbeat(self.owner, [a.task_id for a in held])
+        for task_id in lost - {a.task_id for a in held if a.recording}:
             logger.warning("task %s was given to another worker; its attempt here stops", task_id)
             self.stop_attempts(task_id, "lost")
 

@@ -285,3 +285,40 @@ def test_a_document_over_16_mib_on_mongodb_fails_the_task_naming_why(tmp_path, m
         task.shutdown()
         collection.drop()
         client.close()
+
+
+class HeldUp:
+    """A collection whose success writes land, then wait until a heartbeat has run after them."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.written = threading.Event()
+        self.beaten = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def update_one(self, query: Any, update: Any, *args: Any, **kwargs: Any) -> Any:
+        result = self.inner.update_one(query, update, *args, **kwargs)
+        if update.get("$set", {}).get("status") == "success":
+            self.written.set()
+            self.beaten.wait(10)
+        return result
+
+    def update_many(self, query: Any, update: Any, *args: Any, **kwargs: Any) -> Any:
+        result = self.inner.update_many(query, update, *args, **kwargs)
+        if self.written.is_set() and "beats" in update.get("$inc", {}):
+            self.beaten.set()
+        return result
+
+
+def test_a_heartbeat_racing_the_outcome_write_does_not_call_the_task_lost(make_task, wait_for, memory, caplog):
+    held = HeldUp(memory)
+    task = make_task(Echo, held, poll_interval=0.05, heartbeat_interval=0.1, stale_after=1)
+    with caplog.at_level(logging.WARNING, logger="asynctask"):
+        task_id = task.run(value="done")
+        assert held.beaten.wait(10), "a heartbeat ran after the outcome was written, before the attempt ended"
+        wait_until(lambda: task._runtime().free_slots() == task._runtime().capacity)
+        view = wait_for(task, task_id)
+    assert view["status"] == "success" and view["result"] == "done"
+    assert not [r for r in caplog.records if "given to another worker" in r.getMessage()]
