@@ -23,7 +23,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import mongomock  # noqa: E402
 from pymongo import ASCENDING, DESCENDING, ReturnDocument  # noqa: E402
 
-from asynctask.store.memory import MemoryCollection, _Locked  # noqa: E402
+from asynctask.store.memory import MemoryCollection  # noqa: E402
 
 SIZES = (500, 5_000, 50_000)
 BASELINE_SIZES = (500, 5_000)
@@ -131,8 +130,8 @@ def per_task(collection: Any, tasks: int) -> tuple[float, float, float]:
 
 
 def plain_mongomock() -> Any:
-    """The baseline: plain mongomock behind the same lock."""
-    return _Locked(mongomock.MongoClient().get_database("asynctask").get_collection("tasks"), threading.RLock())
+    """The baseline: plain mongomock (single-threaded here, so no lock is needed)."""
+    return mongomock.MongoClient().get_database("asynctask").get_collection("tasks")
 
 
 def store_figures(name: str, make: Callable[[], Any], sizes: tuple[int, ...], tasks: int) -> None:

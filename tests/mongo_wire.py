@@ -1,9 +1,9 @@
-"""A small MongoDB wire-protocol server backed by mongomock, for tests.
+"""A small MongoDB wire-protocol server backed by asynctask's in-memory store, for tests.
 
 No real MongoDB is available on the test machines, yet multi-process tests need
 several processes to share one database through genuine pymongo connections.
 This module serves OP_MSG (plus the legacy OP_QUERY handshake) on 127.0.0.1 and
-executes every command against a single in-memory ``mongomock.MongoClient``.
+executes every command against the databases of asynctask's embedded store.
 
 Run it with ``python tests/mongo_wire.py --port 0``; it prints ``PORT <n>`` once
 listening.  Tests normally use :func:`running_server` instead.
@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import bson
-import mongomock
 from bson.codec_options import CodecOptions
 from bson.int64 import Int64
 from mongomock.filtering import filter_applies
@@ -173,15 +172,25 @@ class _Cursors:
         return {"cursorsKilled": killed, "cursorsNotFound": not_found, "cursorsAlive": [], "cursorsUnknown": [], "ok": 1.0}
 
 
-def _indexed_client() -> Any:
-    """asynctask's indexed mongomock client (queries read only the documents an index yields),
-    or plain mongomock when asynctask cannot be imported."""
-    try:
-        from asynctask.store.memory_index import IndexedMongoClient
-    except Exception:  # noqa: BLE001 - a broken checkout must not take the test server down
-        log.warning("asynctask.store.memory_index unavailable; serving plain mongomock", exc_info=True)
-        return mongomock.MongoClient()
-    return IndexedMongoClient()
+class _MemoryClient:
+    """Databases of asynctask's embedded store (queries read only the documents an index
+    yields), by name."""
+
+    def __init__(self) -> None:
+        self._databases: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        from asynctask.store.memory import MemoryDatabase
+
+        if name not in self._databases:
+            self._databases[name] = MemoryDatabase(name)
+        return self._databases[name]
+
+    def drop_database(self, name: str) -> None:
+        self._databases.pop(name, None)
+
+    def list_database_names(self) -> list[str]:
+        return sorted(name for name, db in self._databases.items() if db.list_collection_names())
 
 
 class MockBackend:
@@ -193,7 +202,7 @@ class MockBackend:
     """
 
     def __init__(self) -> None:
-        self.client = _indexed_client()
+        self.client = _MemoryClient()
         self.lock = threading.Lock()
         self.cursors = _Cursors()
         self._connection_ids = itertools.count(1)

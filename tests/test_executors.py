@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from executor_tasks import BadResult, OnDaskWorker, Quick, Raiser, Sleeper, Where
-from waiting import process_exists, wait_until
+from waiting import process_exists, wait_for, wait_until
 
 from asynctask import AsyncTask, MemoryCollection
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, WriteError
 
 from asynctask import MemoryCollection
 
@@ -253,7 +253,8 @@ from datetime import datetime, timedelta, timezone  # noqa: E402
 import mongomock  # noqa: E402
 from bson import ObjectId  # noqa: E402
 
-from asynctask.store import memory_index  # noqa: E402
+from asynctask.store.memory import collection as memory_collection  # noqa: E402
+from asynctask.store.memory import documents as memory_documents  # noqa: E402
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 STATUSES = ["queued", "running", "success", "failed", "cancelled", "pending"]
@@ -305,9 +306,11 @@ class Twin:
                 result = getattr(collection, method)(*args, **kwargs)
                 if listing:
                     result = list(result)
+                if method == "distinct":  # in no particular order, in MongoDB as in mongomock
+                    result = sorted(result, key=repr)
                 results.append(("ok", _normal(result)))
             except Exception as exc:  # noqa: BLE001 - the same error must come from both
-                results.append((type(exc).__name__, str(exc)))
+                results.append((type(exc).__name__, getattr(exc, "code", None)))
         assert results[0] == results[1], f"{method}{args} {kwargs}"
         self.calls += 1
         return results[0][1]
@@ -528,10 +531,11 @@ def test_companion_collections_share_the_database_and_the_lock() -> None:
 def test_ttl_expiry_matches_mongomock(monkeypatch: pytest.MonkeyPatch) -> None:
     twin = Twin()
     base = datetime(2024, 1, 1)
+    monkeypatch.setattr(mongomock, "utcnow", lambda: base + timedelta(seconds=2))
+    monkeypatch.setattr(memory_documents, "utcnow", lambda: base + timedelta(seconds=2))
     twin.call("insert_many", [
         {"_id": n, "task_id": f"t{n}", "expire_at": base + timedelta(seconds=n)} for n in range(5)
     ] + [{"_id": 9, "task_id": "keep"}, {"_id": 10, "task_id": "odd", "expire_at": "soon"}])
-    monkeypatch.setattr(mongomock, "utcnow", lambda: base + timedelta(seconds=2))
     twin.call("count_documents", {})
     twin.call("find", {"task_id": {"$in": ["t1", "t3"]}}, listing=True)
     twin.call("update_one", {"task_id": "t4"}, {"$set": {"expire_at": base}})
@@ -551,13 +555,13 @@ def test_indexed_calls_read_few_documents_however_many_are_stored(monkeypatch: p
         for n in range(10_000)
     ])
     seen = [0]
-    real = memory_index.filter_applies
+    real = memory_collection.filter_applies
 
     def counting(spec: Any, doc: Any) -> bool:
         seen[0] += 1
         return bool(real(spec, doc))
 
-    monkeypatch.setattr(memory_index, "filter_applies", counting)
+    monkeypatch.setattr(memory_collection, "filter_applies", counting)
     now = T0 + timedelta(days=1)
     claimed = collection.find_one_and_update(
         {"type": "a", "status": "queued", "run_at": {"$lte": now}}, {"$set": {"status": "running"}},
@@ -576,3 +580,37 @@ def test_indexed_calls_read_few_documents_however_many_are_stored(monkeypatch: p
         {"n": queued - 1, "_id": "queued"}, {"n": 1, "_id": "running"}, {"n": len(typed) - queued, "_id": "success"},
     ]
     assert seen[0] < 50
+
+
+def test_array_nested_and_numeric_operators_answer_as_plain_mongomock() -> None:
+    """The operators the limits and schedules stores write, and the rest this store implements."""
+    twin = Twin()
+    twin.call("insert_one", {"_id": "k", "count": 0, "holders": [], "runs": [1, 2]})
+    entry = {"worker": "w1", "task_id": "t1", "attempt": 1}
+    twin.call("find_one_and_update", {"_id": "k", "count": {"$lt": 2}, "holders": {"$not": {"$elemMatch": entry}}},
+              {"$push": {"holders": entry}, "$inc": {"count": 1}}, return_document=ReturnDocument.AFTER)
+    twin.call("find_one_and_update", {"_id": "k", "count": {"$lt": 2}, "holders": {"$not": {"$elemMatch": entry}}},
+              {"$push": {"holders": entry}, "$inc": {"count": 1}}, return_document=ReturnDocument.AFTER)
+    twin.call("update_one", {"_id": "k"}, {"$push": {"runs": {"$each": [3, 4, 5], "$slice": -3}}})
+    twin.call("update_one", {"_id": "k", "holders": {"$elemMatch": entry}},
+              {"$pull": {"holders": entry}, "$inc": {"count": -1}, "$unset": {"waiting": ""}})
+    twin.call("update_one", {"_id": "k"}, {"$pull": {"runs": {"$gte": 5}}, "$min": {"low": 3}, "$max": {"high": 3}})
+    twin.call("update_one", {"_id": "k"}, {"$min": {"low": 1}, "$max": {"high": 9}})
+    twin.call("update_one", {"_id": "k"}, {"$pop": {"runs": 1}, "$set": {"progress.percent": 50, "progress.msg": "x"}})
+    twin.call("update_one", {"_id": "k"}, {"$unset": {"progress.msg": ""}, "$addToSet": {"tags": {"$each": ["a", "b"]}}})
+    twin.call("update_one", {"_id": "k"}, {"$addToSet": {"tags": {"$each": ["b", "c"]}}})
+    twin.call("find_one", {"_id": "k"}, {"progress.percent": 1, "runs": 1})
+    twin.call("find_one", {"progress.percent": 50}, {"progress": 0, "_id": 0})
+    twin.call("update_one", {"$and": [{"_id": "new"}, {"kind": "limit"}], "n": {"$gt": 1}},
+              {"$set": {"x.y": 1}, "$setOnInsert": {"made": True}}, upsert=True)
+    twin.call("replace_one", {"_id": "other"}, {"whole": 1}, upsert=True)
+    twin.call("find_one_and_delete", {"whole": 1}, {"_id": 1})
+    for refused in ({"$inc": {"holders": 1}}, {"$set": {"a": 1}, "$inc": {"a": 1}}, {"$set": {"_id": "moved"}}):
+        before = twin.fast.find_one({"_id": "k"})
+        with pytest.raises(WriteError):  # as MongoDB answers (mongomock lets some through)
+            twin.fast.update_one({"_id": "k"}, refused)
+        assert twin.fast.find_one({"_id": "k"}) == before
+    twin.same_contents()
+    twin.fast.update_one({"_id": "k"}, {"$set": {"count": 2}})
+    twin.fast.update_one({"_id": "k"}, {"$mul": {"count": 3, "absent": 2}})  # mongomock has no $mul
+    assert twin.fast.find_one({"_id": "k"}, {"_id": 0, "count": 1, "absent": 1}) == {"count": 6, "absent": 0}

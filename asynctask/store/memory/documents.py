@@ -1,0 +1,378 @@
+"""The documents of one embedded collection, the structures kept from them, and the planner
+that picks, for each filter, the structure yielding the fewest candidates.
+
+Documents are never changed in place: an update stores a new document, so a structure refiles
+a document by comparing what it was filed under with the new values. The query engine then
+runs only on the candidates (see `collection.py`).
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from .indexes import (
+    EMPTY_RANGE,
+    GroupCounts,
+    HashIndex,
+    Key,
+    SortedIndex,
+    Structure,
+    TTLIndex,
+    UniqueIndex,
+    eq_values,
+    range_of,
+)
+
+#: Fields always hash-indexed, whatever indexes were created.
+DEFAULT_HASH_FIELDS: tuple[str, ...] = ("task_id", "type", "status", "owner")
+#: (partition fields, sort key) of the sorted indexes kept whatever indexes were created.
+DEFAULT_SORTED_INDEXES: tuple[tuple[tuple[str, ...], tuple[tuple[str, int], ...]], ...] = (
+    (("type", "status"), (("priority", -1), ("run_at", 1))),  # the claim
+    (("type", "status"), (("run_at", 1),)),  # the next due task, due counts
+    (("type",), (("created_at", -1), ("task_id", 1))),  # the list; created_at windows
+    (("type", "status"), (("created_at", -1), ("task_id", 1))),  # the list by status
+    (("type",), (("started_at", 1),)),  # started_at windows
+    (("type",), (("finished_at", 1),)),  # finished_at windows
+)
+#: (partition fields, grouped field) of the counts kept for `$group` by status.
+DEFAULT_GROUP_COUNTS: tuple[tuple[tuple[str, ...], str], ...] = ((("type",), "status"), ((), "status"))
+#: Leading fields of a created index taken as the partition of the sorted index derived from it.
+CATEGORICAL_FIELDS = frozenset({"type", "status", "owner"})
+#: Below this many candidates a hash plan plus a sort beats walking a sorted index.
+SMALL_PLAN = 64
+
+Plan = tuple[int, Callable[[], Iterable[Key]]]
+_GONE = object()
+
+
+def utcnow() -> datetime:
+    """Now, as the store keeps times (naive UTC): the clock of TTL expiry."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Documents:
+    """One collection's documents, in insertion order, with their structures."""
+
+    def __init__(self) -> None:
+        self.docs: dict[Key, dict[str, Any]] = {}
+        self.index_specs: dict[str, dict[str, Any]] = {}
+        self._structures: dict[tuple[Any, ...], Structure] = {}
+        self._hash: dict[str, HashIndex] = {}
+        self._sorted: list[SortedIndex] = []
+        self._uniques: list[UniqueIndex] = []
+        self._ttls: list[TTLIndex] = []
+        self._groups: list[GroupCounts] = []
+        self._seq: dict[Key, int] = {}
+        self._by_seq: dict[int, Key] = {}
+        self._counter = itertools.count()
+        self._sync_structures()
+
+    def _wanted(self) -> dict[tuple[Any, ...], Callable[[], Structure]]:
+        """Every structure the defaults and the created indexes call for."""
+        wanted: dict[tuple[Any, ...], Callable[[], Structure]] = {}
+        hash_fields = list(DEFAULT_HASH_FIELDS)
+        sorted_specs = list(DEFAULT_SORTED_INDEXES)
+        for name, spec in self.index_specs.items():
+            keys = [(field, -1 if direction == -1 else 1) for field, direction in spec["key"]]
+            if spec.get("unique"):
+                wanted[("unique", name, repr(spec))] = functools.partial(UniqueIndex, name, spec)
+                hash_fields += [field for field, _ in keys]
+            if "expireAfterSeconds" in spec:
+                if len(keys) == 1 and isinstance(spec["expireAfterSeconds"], int):
+                    wanted[("ttl", name, keys[0][0], spec["expireAfterSeconds"])] = functools.partial(
+                        TTLIndex, keys[0][0], spec["expireAfterSeconds"])
+                continue
+            if any("." in field for field, _ in keys) or "partialFilterExpression" in spec:
+                continue  # a partial index serves a subset: the defaults cover the task store's
+            hash_fields.append(keys[0][0])
+            split = 0
+            while split < len(keys) and keys[split][0] in CATEGORICAL_FIELDS:
+                split += 1
+            if split < len(keys) and not (spec.get("unique") and len(keys) == 1):
+                sorted_specs.append((tuple(f for f, _ in keys[:split]), tuple(keys[split:])))
+        for field in hash_fields:
+            if "." not in field and field != "_id":
+                wanted[("hash", field)] = functools.partial(HashIndex, field)
+        for partition, order in sorted_specs:
+            wanted[("sorted", partition, order)] = functools.partial(SortedIndex, partition, order)
+        for partition, field in DEFAULT_GROUP_COUNTS:
+            wanted[("group", partition, field)] = functools.partial(GroupCounts, partition, field)
+        return wanted
+
+    def _sync_structures(self) -> None:
+        """Build the structures newly called for (one pass over the documents), drop the rest."""
+        structures = {}
+        for spec, make in self._wanted().items():
+            structure = self._structures.get(spec)
+            if structure is None:
+                structure = make()
+                for key, doc in self.docs.items():
+                    structure.refile(key, self._seq[key], doc)
+            structures[spec] = structure
+        self._structures = structures
+        self._hash = {s.field: s for s in structures.values() if isinstance(s, HashIndex)}
+        self._sorted = [s for s in structures.values() if isinstance(s, SortedIndex)]
+        self._ttls = [s for s in structures.values() if isinstance(s, TTLIndex)]
+        self._groups = [s for s in structures.values() if isinstance(s, GroupCounts)]
+        uniques = {s.name: s for s in structures.values() if isinstance(s, UniqueIndex)}
+        self._uniques = [uniques[name] for name in self.index_specs if name in uniques]
+
+    # -- indexes --
+
+    def create_index(self, name: str, spec: dict[str, Any]) -> None:
+        self.index_specs[name] = spec
+        self._sync_structures()
+
+    def drop_index(self, name: str) -> None:
+        del self.index_specs[name]
+        self._sync_structures()
+
+    def clear(self) -> None:
+        """Drop every document and index."""
+        self.docs.clear()
+        self.index_specs.clear()
+        self._seq.clear()
+        self._by_seq.clear()
+        self._structures = {}
+        self._sync_structures()
+
+    # -- writes --
+
+    def put(self, key: Key, doc: dict[str, Any]) -> None:
+        """Store `doc` under `key` (new, or replacing the stored one) and file it where the
+        values it changed call for (values left alone are the same objects: copy-on-write)."""
+        seq = self._seq.get(key)
+        old = self.docs.get(key)
+        if seq is None:
+            seq = self._seq[key] = next(self._counter)
+            self._by_seq[seq] = key
+        self.docs[key] = doc
+        if old is None:
+            for structure in self._structures.values():
+                structure.refile(key, seq, doc)
+            return
+        changed = {field for field in old.keys() | doc.keys() if old.get(field, _GONE) is not doc.get(field, _GONE)}
+        for structure in self._structures.values():
+            if not structure.reads.isdisjoint(changed):
+                structure.refile(key, seq, doc)
+
+    def delete(self, key: Key) -> None:
+        del self.docs[key]
+        seq = self._seq.pop(key)
+        del self._by_seq[seq]
+        for structure in self._structures.values():
+            structure.discard(key, seq)
+
+    def duplicate(self, key: Key, doc: Mapping[str, Any], count_matching: Any) -> str | None:
+        """The name of a unique index the stored `doc` (filed under `key`) violates, if any."""
+        for unique in self._uniques:
+            if unique.violated(count_matching, key, doc):
+                return unique.name
+        return None
+
+    def expire(self) -> None:
+        """Delete the documents whose TTL is over."""
+        if not self._ttls:
+            return
+        now = utcnow()
+        for ttl in self._ttls:
+            while ttl.due and ttl.due[0][0] <= now:
+                self.delete(self._by_seq[ttl.due[0][1]])
+
+    # -- indexing --
+
+    def in_order(self, keys: Iterable[Key]) -> list[Key]:
+        """Distinct `keys` in insertion order, the order of unsorted results."""
+        return sorted(set(keys), key=self._seq.__getitem__)
+
+    # -- planning --
+
+    def _sorted_choices(self, spec: Mapping[str, Any]) -> Iterator[tuple[SortedIndex, list[tuple[Any, ...]], Any, bool]]:
+        """Sorted indexes whose partition the filter pins: (index, partitions, range, exact)."""
+        for index in self._sorted:
+            if index.irregular:
+                continue
+            values = []
+            exact = True
+            for field in index.partition:
+                found = eq_values(spec[field]) if field in spec else None
+                if found is None:
+                    break
+                values.append(found[0])
+                exact = exact and found[1]
+            else:
+                first = index.order[0][0]
+                rng = range_of(spec[first]) if first in spec else None
+                used = set(index.partition) | ({first} if rng is not None else set())
+                exact = exact and set(spec) == used and (rng is None or rng is EMPTY_RANGE or rng[4])
+                pkeys = list(dict.fromkeys(itertools.product(*values)))
+                yield index, pkeys, rng, exact
+
+    def _plans(self, spec: Any) -> list[Plan]:
+        """Every index plan for `spec`: (number of candidates, candidates)."""
+        plans: list[Plan] = []
+        if not isinstance(spec, dict):
+            return plans
+        for field, search in spec.items():
+            if not isinstance(field, str):
+                continue
+            if field == "$and" and isinstance(search, list):
+                plans.extend(p for p in (self._best(sub) for sub in search) if p is not None)
+                continue
+            if field == "$or" and isinstance(search, list) and search:
+                branches = [self._best(sub) for sub in search]
+                if all(b is not None for b in branches):
+                    plans.append((
+                        sum(b[0] for b in branches if b is not None),
+                        functools.partial(_chain_plans, branches),
+                    ))
+                continue
+            if field.startswith("$"):
+                continue
+            found = eq_values(search)
+            if found is None:
+                continue
+            values = found[0]
+            if field == "_id":
+                documents = self.docs
+                plans.append((len(values), functools.partial(_present, values, documents)))
+            elif field in self._hash:
+                hashed = self._hash[field]
+                plans.append((hashed.size(values), functools.partial(hashed.keys, values)))
+        if plans and min(p[0] for p in plans) <= 1:
+            return plans  # one candidate at most: no range can do better
+        for index, pkeys, rng, _ in self._sorted_choices(spec):
+            plans.append(self._sorted_plan(index, pkeys, rng))
+        return plans
+
+    def _sorted_plan(self, index: SortedIndex, pkeys: list[tuple[Any, ...]], rng: Any) -> Plan:
+        windows = []
+        for pkey in pkeys:
+            part = index.parts.get(pkey)
+            if part is not None:
+                i, j = index.window(part, rng)
+                if j > i:
+                    windows.append((part, i, j))
+        by_seq = self._by_seq
+
+        def keys() -> Iterator[Key]:
+            for part, i, j in windows:
+                for entry in part.islice(i, j):
+                    yield by_seq[entry[-1]]
+
+        return sum(j - i for _, i, j in windows), keys
+
+    def _best(self, spec: Any) -> Plan | None:
+        plans = self._plans(spec)
+        return min(plans, key=lambda p: p[0]) if plans else None
+
+    def candidates(self, spec: Any) -> list[Key] | None:
+        """The keys of the documents that may match `spec`, in insertion order; None for all."""
+        best = self._best(spec)
+        if best is None or best[0] >= len(self.docs):
+            return None
+        return self.in_order(best[1]())
+
+    def ordered(self, spec: Any, sort: Any, skip: int) -> tuple[Iterator[Key], int] | None:
+        """Keys of candidates in the order of `sort` (ties in insertion order) from a sorted index,
+        and how many matches of `skip` were already passed over; None if no index serves."""
+        if not isinstance(spec, dict):
+            return None
+        try:
+            order = tuple((k, -1 if d < 0 else 1) for k, d in sort)
+        except (TypeError, ValueError):
+            return None
+        if any(not isinstance(k, str) or k.startswith("$") for k, _ in order):
+            return None
+        choices = [
+            (self._sorted_plan(index, pkeys, rng)[0], index, pkeys, rng, exact)
+            for index, pkeys, rng, exact in self._sorted_choices(spec)
+            if index.order == order
+        ]
+        if not choices:
+            return None
+        size, index, pkeys, rng, exact = min(choices, key=lambda c: c[0])
+        best = self._best(spec)
+        if best is not None and best[0] <= SMALL_PLAN and best[0] < size:
+            return None  # sort the few candidates instead
+        iterators = []
+        skipped = 0
+        for pkey in pkeys:
+            part = index.parts.get(pkey)
+            if part is None:
+                continue
+            i, j = index.window(part, rng)
+            if exact and len(pkeys) == 1:
+                skipped = min(skip, j - i)
+                i += skipped
+            iterators.append(part.islice(i, j))
+        merged = iterators[0] if len(iterators) == 1 else heapq.merge(*iterators)
+        by_seq = self._by_seq
+        return (by_seq[entry[-1]] for entry in merged), skipped
+
+    def exact_count(self, spec: Any) -> int | None:
+        """The number of matches when an index answers `spec` exactly, else None."""
+        if not isinstance(spec, dict):
+            return None
+        if not spec:
+            return len(self.docs)
+        if len(spec) == 1:
+            field, search = next(iter(spec.items()))
+            hashed = self._hash.get(field) if isinstance(field, str) else None
+            found = eq_values(search)
+            if hashed is not None and not hashed.wild and found is not None and found[1]:
+                return hashed.size(found[0])
+        for index, pkeys, rng, exact in self._sorted_choices(spec):
+            if exact:
+                return self._sorted_plan(index, pkeys, rng)[0]
+        return None
+
+    def group_counts(self, pipeline: list[Any]) -> list[dict[str, Any]] | None:
+        """`[{"$match": {f: v}}?, {"$group": {"_id": "$g", name: {"$sum": 1}}}]` from the counts."""
+        if not 1 <= len(pipeline) <= 2 or not all(isinstance(s, dict) and len(s) == 1 for s in pipeline):
+            return None
+        match: Any = pipeline[0].get("$match", {}) if len(pipeline) == 2 else {}
+        group = pipeline[-1].get("$group")
+        if not isinstance(match, dict) or not isinstance(group, dict) or len(group) != 2:
+            return None
+        group_id = group.get("_id")
+        if not isinstance(group_id, str) or not group_id.startswith("$") or "." in group_id:
+            return None
+        (name, accumulator), = ((k, v) for k, v in group.items() if k != "_id")
+        if accumulator != {"$sum": 1} or type(accumulator["$sum"]) is not int or name.startswith("$"):
+            return None
+        values = []
+        for field, search in match.items():
+            found = eq_values(search) if isinstance(field, str) else None
+            if found is None or not found[1] or len(found[0]) != 1:
+                return None
+            values.append((field, found[0][0]))
+        for counts in self._groups:
+            if counts.field != group_id[1:] or set(counts.partition) != {f for f, _ in values}:
+                continue
+            if counts.irregular:
+                return None
+            pkey = tuple(dict(values)[f] for f in counts.partition)
+            groups = counts.counts.get(pkey, {})
+            if not all(g is None or isinstance(g, str) for g in groups):
+                return None
+            ordered = sorted(groups.items(), key=lambda item: (item[0] is not None, item[0] or ""))
+            return [{name: n, "_id": g} for g, n in ordered]
+        return None
+
+
+def _present(values: list[Any], documents: Mapping[Key, Any]) -> list[Key]:
+    return [v for v in values if v in documents]
+
+
+def _chain_plans(plans: list[Plan | None]) -> Iterator[Key]:
+    for plan in plans:
+        if plan is not None:
+            yield from plan[1]()
+
+
