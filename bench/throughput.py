@@ -18,13 +18,16 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import logging
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -206,13 +209,16 @@ def library_figures(sizes: tuple[int, ...], tasks: int, threads: int, rounds: in
 
     kinds = {"asynctask": asynctask_round, "bare pool": bare_round, "original": original_round}
     print(f"Side by side ({tasks} no-op tasks, {threads} threads, median of {rounds} interleaved rounds;"
-          " ms per task, submit to success)")
-    print(f"  {'stored':>8}  " + "  ".join(f"{k:>10}" for k in kinds) + "   vs bare   vs original")
+          " ms per task, submit to success; asynctask's store calls per task and open descriptors"
+          " after its rounds minus before)")
+    print(f"  {'stored':>8}  " + "  ".join(f"{k:>10}" for k in kinds)
+          + "   vs bare   vs original   calls/task   fds")
     with tempfile.TemporaryDirectory(prefix="asynctask-bench-") as log_dir:
         for size in sizes:
             collection = MemoryCollection()
             fill(collection, size)
             times: dict[str, list[float]] = {k: [] for k in kinds}
+            fds_before = open_fds()
             for round_no in range(rounds):
                 for kind, run in kinds.items():
                     ids = [f"{kind[:4]}-{size}-{round_no}-{i}" for i in range(tasks)]
@@ -221,12 +227,49 @@ def library_figures(sizes: tuple[int, ...], tasks: int, threads: int, rounds: in
                     start = time.perf_counter()
                     run(collection, log_dir, ids)
                     times[kind].append((time.perf_counter() - start) / tasks * 1e3)
+            fds = open_fds() - fds_before
+            with counting_calls() as calls:  # one more round, untimed
+                _successes_before = collection.count_documents({"status": "success"})
+                asynctask_round(collection, log_dir, [f"count-{size}-{i}" for i in range(tasks)])
             med = {k: statistics.median(v) for k, v in times.items()}
             print(f"  {size:>8,}  " + "  ".join(f"{med[k]:10.3f}" for k in kinds)
-                  + f"   {med['asynctask'] / med['bare pool']:6.2f}x  {med['asynctask'] / med['original']:8.2f}x")
+                  + f"   {med['asynctask'] / med['bare pool']:6.2f}x  {med['asynctask'] / med['original']:8.2f}x"
+                  + f"   {sum(calls.values()) / tasks:10.2f}   {fds:+d}")
+            print(f"  {'':>8}  (calls: " + ", ".join(f"{k} {v / tasks:.2f}" for k, v in calls.most_common()) + ")")
 
 
 _successes_before = 0
+_bench = threading.local()  # set while this script itself reads the store (waiting for the tasks)
+
+
+def open_fds() -> int:
+    """How many file descriptors this process has open."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+@contextlib.contextmanager
+def counting_calls() -> Iterator[collections.Counter[str]]:
+    """Count the calls made to every `MemoryCollection` meanwhile, by method, except this
+    script's own waiting."""
+    counts: collections.Counter[str] = collections.Counter()
+    methods = ["insert_one", "insert_many", "find", "find_one", "find_one_and_update", "update_one",
+               "update_many", "replace_one", "delete_one", "delete_many", "count_documents", "aggregate"]
+    originals = {name: getattr(MemoryCollection, name) for name in methods}
+
+    def counted(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if not getattr(_bench, "waiting", False):
+                counts[name] += 1
+            return method(self, *args, **kwargs)
+        return call
+
+    for name, method in originals.items():
+        setattr(MemoryCollection, name, counted(name, method))
+    try:
+        yield counts
+    finally:
+        for name, method in originals.items():
+            setattr(MemoryCollection, name, method)
 
 
 def wait_done(collection: Any, ids: list[str]) -> None:
@@ -234,10 +277,14 @@ def wait_done(collection: Any, ids: list[str]) -> None:
     many (an index-served count, so the polling does not hold the store's lock for long)."""
     target = _successes_before + len(ids)
     deadline = time.monotonic() + 120
-    while collection.count_documents({"status": "success"}) < target:
-        if time.monotonic() > deadline:
-            raise TimeoutError("tasks did not all succeed within 120 s")
-        time.sleep(0.002)
+    _bench.waiting = True
+    try:
+        while collection.count_documents({"status": "success"}) < target:
+            if time.monotonic() > deadline:
+                raise TimeoutError("tasks did not all succeed within 120 s")
+            time.sleep(0.002)
+    finally:
+        _bench.waiting = False
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -30,14 +30,17 @@ from .indexes import (
 
 #: Fields always hash-indexed, whatever indexes were created.
 DEFAULT_HASH_FIELDS: tuple[str, ...] = ("task_id", "type", "status", "owner")
-#: (partition fields, sort key) of the sorted indexes kept whatever indexes were created.
-DEFAULT_SORTED_INDEXES: tuple[tuple[tuple[str, ...], tuple[tuple[str, int], ...]], ...] = (
-    (("type", "status"), (("priority", -1), ("run_at", 1))),  # the claim
-    (("type", "status"), (("run_at", 1),)),  # the next due task, due counts
-    (("type",), (("created_at", -1), ("task_id", 1))),  # the list; created_at windows
-    (("type", "status"), (("created_at", -1), ("task_id", 1))),  # the list by status
-    (("type",), (("started_at", 1),)),  # started_at windows
-    (("type",), (("finished_at", 1),)),  # finished_at windows
+#: Sorted indexes that keep only these values of a partition field.
+Only = tuple[str, frozenset[Any]] | None
+QUEUED: Only = ("status", frozenset({"queued"}))
+#: (partition fields, sort key, only) of the sorted indexes kept whatever indexes were created.
+DEFAULT_SORTED_INDEXES: tuple[tuple[tuple[str, ...], tuple[tuple[str, int], ...], Only], ...] = (
+    (("type", "status"), (("priority", -1), ("run_at", 1)), QUEUED),  # the claim
+    (("type", "status"), (("run_at", 1),), QUEUED),  # the next due task, due counts
+    (("type",), (("created_at", -1), ("task_id", 1)), None),  # the list; created_at windows
+    (("type", "status"), (("created_at", -1), ("task_id", 1)), None),  # the list by status
+    (("type",), (("started_at", 1),), None),  # started_at windows
+    (("type",), (("finished_at", 1),), None),  # finished_at windows
 )
 #: (partition fields, grouped field) of the counts kept for `$group` by status.
 DEFAULT_GROUP_COUNTS: tuple[tuple[tuple[str, ...], str], ...] = ((("type",), "status"), ((), "status"))
@@ -94,12 +97,12 @@ class Documents:
             while split < len(keys) and keys[split][0] in CATEGORICAL_FIELDS:
                 split += 1
             if split < len(keys) and not (spec.get("unique") and len(keys) == 1):
-                sorted_specs.append((tuple(f for f, _ in keys[:split]), tuple(keys[split:])))
+                sorted_specs.append((tuple(f for f, _ in keys[:split]), tuple(keys[split:]), None))
         for field in hash_fields:
             if "." not in field and field != "_id":
                 wanted[("hash", field)] = functools.partial(HashIndex, field)
-        for partition, order in sorted_specs:
-            wanted[("sorted", partition, order)] = functools.partial(SortedIndex, partition, order)
+        for partition, order, only in sorted_specs:
+            wanted[("sorted", partition, order, only)] = functools.partial(SortedIndex, partition, order, only)
         for partition, field in DEFAULT_GROUP_COUNTS:
             wanted[("group", partition, field)] = functools.partial(GroupCounts, partition, field)
         return wanted
@@ -192,10 +195,12 @@ class Documents:
 
     # -- planning --
 
-    def _sorted_choices(self, spec: Mapping[str, Any]) -> Iterator[tuple[SortedIndex, list[tuple[Any, ...]], Any, bool]]:
-        """Sorted indexes whose partition the filter pins: (index, partitions, range, exact)."""
-        for index in self._sorted:
-            if index.irregular:
+    def _sorted_choices(self, spec: Mapping[str, Any], indexes: Iterable[SortedIndex] | None = None,
+                        ) -> Iterator[tuple[SortedIndex, list[tuple[Any, ...]], Any, bool]]:
+        """Sorted indexes (of `indexes`, else all) whose partition the filter pins: (index,
+        partitions, range, exact)."""
+        for index in self._sorted if indexes is None else indexes:
+            if index.irregular or not all(field in spec for field in index.partition):
                 continue
             values = []
             exact = True
@@ -211,10 +216,12 @@ class Documents:
                 used = set(index.partition) | ({first} if rng is not None else set())
                 exact = exact and set(spec) == used and (rng is None or rng is EMPTY_RANGE or rng[4])
                 pkeys = list(dict.fromkeys(itertools.product(*values)))
-                yield index, pkeys, rng, exact
+                if all(index.files(pkey) for pkey in pkeys):
+                    yield index, pkeys, rng, exact
 
-    def _plans(self, spec: Any) -> list[Plan]:
-        """Every index plan for `spec`: (number of candidates, candidates)."""
+    def _plans(self, spec: Any, with_sorted: bool = True) -> list[Plan]:
+        """Every index plan for `spec`: (number of candidates, candidates); only the hash
+        plans unless `with_sorted`."""
         plans: list[Plan] = []
         if not isinstance(spec, dict):
             return plans
@@ -244,8 +251,8 @@ class Documents:
             elif field in self._hash:
                 hashed = self._hash[field]
                 plans.append((hashed.size(values), functools.partial(hashed.keys, values)))
-        if plans and min(p[0] for p in plans) <= 1:
-            return plans  # one candidate at most: no range can do better
+        if not with_sorted or (plans and min(p[0] for p in plans) <= 1):
+            return plans  # (with one candidate at most, no range can do better)
         for index, pkeys, rng, _ in self._sorted_choices(spec):
             plans.append(self._sorted_plan(index, pkeys, rng))
         return plans
@@ -267,8 +274,8 @@ class Documents:
 
         return sum(j - i for _, i, j in windows), keys
 
-    def _best(self, spec: Any) -> Plan | None:
-        plans = self._plans(spec)
+    def _best(self, spec: Any, with_sorted: bool = True) -> Plan | None:
+        plans = self._plans(spec, with_sorted)
         return min(plans, key=lambda p: p[0]) if plans else None
 
     def candidates(self, spec: Any) -> list[Key] | None:
@@ -289,15 +296,15 @@ class Documents:
             return None
         if any(not isinstance(k, str) or k.startswith("$") for k, _ in order):
             return None
+        serving = [index for index in self._sorted if index.order == order]
         choices = [
             (self._sorted_plan(index, pkeys, rng)[0], index, pkeys, rng, exact)
-            for index, pkeys, rng, exact in self._sorted_choices(spec)
-            if index.order == order
-        ]
+            for index, pkeys, rng, exact in self._sorted_choices(spec, serving)
+        ] if serving else []
         if not choices:
             return None
         size, index, pkeys, rng, exact = min(choices, key=lambda c: c[0])
-        best = self._best(spec)
+        best = self._best(spec, with_sorted=False)
         if best is not None and best[0] <= SMALL_PLAN and best[0] < size:
             return None  # sort the few candidates instead
         iterators = []

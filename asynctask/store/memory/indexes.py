@@ -175,12 +175,22 @@ class HashIndex(Structure):
 
 
 class SortedIndex(Structure):
-    def __init__(self, partition: tuple[str, ...], order: tuple[tuple[str, int], ...]) -> None:
+    """Documents per partition in sort order; with `only` (a partition field and the values
+    it files), the documents of other partitions are not kept at all."""
+
+    def __init__(self, partition: tuple[str, ...], order: tuple[tuple[str, int], ...],
+                 only: tuple[str, frozenset[Any]] | None = None) -> None:
         super().__init__([*partition, *(field for field, _ in order)])
         self.partition = partition
         self.order = order
+        self.only = only
+        self._only_at = partition.index(only[0]) if only else -1
         self.parts: dict[tuple[Any, ...], SortedList] = {}
         self.irregular: set[Key] = set()
+
+    def files(self, pkey: tuple[Any, ...]) -> bool:
+        """Whether documents of partition `pkey` are kept here."""
+        return self.only is None or pkey[self._only_at] in self.only[1]
 
     def token(self, doc: Mapping[str, Any], seq: int) -> Any:
         pkey = []
@@ -189,6 +199,8 @@ class SortedIndex(Structure):
             if value is WILD:
                 return IRREGULAR
             pkey.append(value)
+        if self.only is not None and pkey[self._only_at] not in self.only[1]:
+            return SKIP
         entry: list[Any] = []
         for field, direction in self.order:
             value = encoded(doc.get(field))
@@ -202,6 +214,8 @@ class SortedIndex(Structure):
         if token is IRREGULAR:
             self.irregular.add(key)
             return
+        if token is SKIP:
+            return
         pkey, entry = token
         part = self.parts.get(pkey)
         if part is None:
@@ -211,6 +225,8 @@ class SortedIndex(Structure):
     def remove(self, key: Key, seq: int, token: Any) -> None:
         if token is IRREGULAR:
             self.irregular.discard(key)
+            return
+        if token is SKIP:
             return
         pkey, entry = token
         part = self.parts[pkey]
