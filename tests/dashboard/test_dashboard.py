@@ -11,7 +11,6 @@ import logging
 import re
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -19,7 +18,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 from dashboard_app import app_of
 from flask import Flask
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import BrowserContext, Page, expect
 from waiting import wait_for, wait_until
 
 from asynctask import AsyncTask, report_progress
@@ -82,14 +81,6 @@ class Recorded:
     def __init__(self) -> None:
         self.requests: list[str] = []
         self.console: list[str] = []
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    context.set_default_timeout(15_000)
-    yield context
-    context.close()
 
 
 @pytest.fixture

@@ -8,13 +8,12 @@ visible text, the labels and the names of buttons. Waiting is Playwright's auto-
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from dashboard_app import app_of
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import BrowserContext, Page, expect
 from waiting import wait_for
 
 from asynctask import AsyncTask, Schedule
@@ -52,14 +51,6 @@ class Other(AsyncTask):
 
 
 # -- fixtures -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    context = browser.new_context(viewport={"width": 1500, "height": 900})
-    context.set_default_timeout(15_000)
-    yield context
-    context.close()
 
 
 @pytest.fixture
