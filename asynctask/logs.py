@@ -204,13 +204,25 @@ class _TaskFormatter(logging.Formatter):
 def _formatter(task_id: str, trace_id: str | None) -> logging.Formatter:
     """The line format with this task's ids filled in (both are validated, brace-free text)."""
     fmt = LOG_FORMAT.replace("{task_id}", task_id).replace("{trace_id}", trace_id or "-")
-    return _TaskFormatter(fmt, style="{")
+    return _TaskFormatter(fmt, style="{", validate=False)  # LOG_FORMAT is fixed: no need to parse it per task
+
+
+class _TaskFileHandler(RotatingFileHandler):
+    """The task's rotating file, which asynctask creates itself: the size check before each line
+    is the open stream's position, without the two `stat` calls the standard handler makes
+    to refuse rotating a non-regular file. Those calls let go of the GIL on every line, and
+    getting it back can take a busy process milliseconds."""
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:  # noqa: N802 - logging's name
+        if self.stream is None or self.maxBytes <= 0:
+            return False  # not open yet: the size is checked from its next line on
+        return bool(self.stream.tell() + len(self.format(record)) + 1 >= self.maxBytes)
 
 
 def _handlers(logger_dir: Path, task_id: str, trace_id: str | None) -> list[logging.Handler]:
     formatter = _formatter(task_id, trace_id)
     handlers: list[logging.Handler] = [
-        RotatingFileHandler(
+        _TaskFileHandler(
             log_path(logger_dir, task_id), maxBytes=MAX_BYTES, backupCount=BACKUP_COUNT,
             encoding="utf-8", delay=True,
         )

@@ -26,7 +26,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError, CollectionInvalid, DuplicateKeyError, OperationFailure
 from pymongo.results import DeleteResult, InsertManyResult, InsertOneResult, UpdateResult
 
-from .documents import Documents
+from .documents import Documents, changed_fields
 from .indexes import Key
 from .updates import apply_update, check_replacement, check_update, upserted
 from .values import MISSING, copied, dotted, store_key, stored
@@ -355,8 +355,8 @@ class MemoryCollection:
 
     def _replace(self, key: Key, old: dict[str, Any], new: dict[str, Any]) -> None:
         """Store `new` in place of `old`, unless it breaks a unique index."""
-        self._docs.put(key, new)
-        name = self._docs.duplicate(key, new, self._count_matching)
+        changed = self._docs.put(key, new)
+        name = self._docs.duplicate(key, new, self._count_matching, changed)
         if name is not None:
             self._docs.put(key, old)
             raise DuplicateKeyError(f"E11000 duplicate key error collection: {self.full_name} index: {name}", 11000)
@@ -388,7 +388,7 @@ class MemoryCollection:
             for key, doc in found if many else found[:1]:
                 matched += 1
                 new = self._changed(doc, update, replace)
-                if new != doc:
+                if _differs(doc, new):
                     self._replace(key, doc, new)
                     modified += 1
             if not matched and upsert:
@@ -402,7 +402,7 @@ class MemoryCollection:
             self._docs.expire()
             for key, doc in self._ordered(query, _sort_spec(sort)):
                 new = self._changed(doc, update, replace)
-                if new != doc:
+                if _differs(doc, new):
                     self._replace(key, doc, new)
                 return project(new if return_document else doc, projection)
             if not upsert:
@@ -498,6 +498,19 @@ def _filter(filter: Any) -> Any:  # noqa: A002
         raise TypeError("filter must be an instance of dict, bson.son.SON, or any other type that inherits from "
                         "collections.Mapping")
     return stored(filter)
+
+
+def _differs(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether an update changed the document: a top-level value that is not the same object
+    and not an equal value."""
+    for field in changed_fields(old, new):
+        before, after = old.get(field, _ABSENT), new.get(field, _ABSENT)
+        if before != after:
+            return True
+    return False
+
+
+_ABSENT = object()
 
 
 def _sort_spec(sort: Any) -> list[tuple[str, int]] | None:

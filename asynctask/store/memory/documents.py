@@ -146,9 +146,10 @@ class Documents:
 
     # -- writes --
 
-    def put(self, key: Key, doc: dict[str, Any]) -> None:
+    def put(self, key: Key, doc: dict[str, Any]) -> set[str] | None:
         """Store `doc` under `key` (new, or replacing the stored one) and file it where the
-        values it changed call for (values left alone are the same objects: copy-on-write)."""
+        values it changed call for (values left alone are the same objects: copy-on-write).
+        Returns the top-level fields changed (None for a new document)."""
         seq = self._seq.get(key)
         old = self.docs.get(key)
         if seq is None:
@@ -158,11 +159,12 @@ class Documents:
         if old is None:
             for structure in self._structures.values():
                 structure.refile(key, seq, doc)
-            return
-        changed = {field for field in old.keys() | doc.keys() if old.get(field, _GONE) is not doc.get(field, _GONE)}
+            return None
+        changed = changed_fields(old, doc)
         for structure in self._structures.values():
             if not structure.reads.isdisjoint(changed):
                 structure.refile(key, seq, doc)
+        return changed
 
     def delete(self, key: Key) -> None:
         del self.docs[key]
@@ -171,9 +173,13 @@ class Documents:
         for structure in self._structures.values():
             structure.discard(key, seq)
 
-    def duplicate(self, key: Key, doc: Mapping[str, Any], count_matching: Any) -> str | None:
-        """The name of a unique index the stored `doc` (filed under `key`) violates, if any."""
+    def duplicate(self, key: Key, doc: Mapping[str, Any], count_matching: Any,
+                  changed: set[str] | None = None) -> str | None:
+        """The name of a unique index the stored `doc` (filed under `key`) violates, if any;
+        with `changed`, only the indexes a change of those fields may break."""
         for unique in self._uniques:
+            if changed is not None and unique.partial is None and unique.reads.isdisjoint(changed):
+                continue
             if unique.violated(count_matching, key, doc):
                 return unique.name
         return None
@@ -371,6 +377,11 @@ class Documents:
             ordered = sorted(groups.items(), key=lambda item: (item[0] is not None, item[0] or ""))
             return [{name: n, "_id": g} for g, n in ordered]
         return None
+
+
+def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:
+    """The top-level fields whose values are not the very same objects in `old` and `new`."""
+    return {field for field in old.keys() | new.keys() if old.get(field, _GONE) is not new.get(field, _GONE)}
 
 
 def _present(values: list[Any], documents: Mapping[Key, Any]) -> list[Key]:

@@ -24,7 +24,7 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
-from .values import HIGH, LOW, MISSING, Desc, Marker, dotted, encoded, is_simple
+from .values import HIGH, LOW, MISSING, Marker, descending, dotted, encoded, is_simple
 
 Key = Any  # a stored document's key: its `_id`, made hashable
 
@@ -206,7 +206,7 @@ class SortedIndex(Structure):
             value = encoded(doc.get(field))
             if value is None:
                 return IRREGULAR
-            entry.append(value if direction > 0 else Desc(value))
+            entry.append(value if direction > 0 else descending(value))
         entry.append(seq)
         return tuple(pkey), tuple(entry)
 
@@ -245,8 +245,8 @@ class SortedIndex(Structure):
             i = part.bisect_left((lo,) if lo_incl else (lo, HIGH))
             j = part.bisect_left((hi, HIGH) if hi_incl else (hi,))
         else:
-            i = part.bisect_left((Desc(hi),) if hi_incl else (Desc(hi), HIGH))
-            j = part.bisect_left((Desc(lo), HIGH) if lo_incl else (Desc(lo),))
+            i = part.bisect_left((descending(hi),) if hi_incl else (descending(hi), HIGH))
+            j = part.bisect_left((descending(lo), HIGH) if lo_incl else (descending(lo),))
         return i, max(i, j)
 
 

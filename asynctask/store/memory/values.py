@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -128,6 +128,23 @@ class Desc:
 
     def __repr__(self) -> str:
         return f"Desc({self.k!r})"
+
+
+_EPOCH = datetime(1970, 1, 1)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def descending(value: tuple[int, Any]) -> tuple[int, Any]:
+    """An `encoded` value (or a range bound) that sorts in reverse: numbers and dates negated
+    (compared natively, as tuples), other values wrapped in `Desc`."""
+    rank, inner = value
+    if inner is LOW or inner is HIGH:
+        return -rank, HIGH if inner is LOW else LOW
+    if isinstance(inner, (int, float)) and not isinstance(inner, bool):
+        return -rank, -inner
+    if isinstance(inner, datetime):
+        return -rank, -((inner - _EPOCH) // _MICROSECOND)
+    return -rank, Desc(inner)
 
 
 _SIMPLE_TYPES = (str, int, float, datetime, ObjectId)
