@@ -33,14 +33,14 @@ DEFAULT_HASH_FIELDS: tuple[str, ...] = ("task_id", "type", "status", "owner")
 #: Sorted indexes that keep only these values of a partition field.
 Only = tuple[str, frozenset[Any]] | None
 QUEUED: Only = ("status", frozenset({"queued"}))
-#: (partition fields, sort key, only) of the sorted indexes kept whatever indexes were created.
-DEFAULT_SORTED_INDEXES: tuple[tuple[tuple[str, ...], tuple[tuple[str, int], ...], Only], ...] = (
-    (("type", "status"), (("priority", -1), ("run_at", 1)), QUEUED),  # the claim
-    (("type", "status"), (("run_at", 1),), QUEUED),  # the next due task, due counts
-    (("type",), (("created_at", -1), ("task_id", 1)), None),  # the list; created_at windows
-    (("type", "status"), (("created_at", -1), ("task_id", 1)), None),  # the list by status
-    (("type",), (("started_at", 1),), None),  # started_at windows
-    (("type",), (("finished_at", 1),), None),  # finished_at windows
+#: (partition fields, sort key, only, sparse) of the sorted indexes kept whatever indexes were created.
+DEFAULT_SORTED_INDEXES: tuple[tuple[tuple[str, ...], tuple[tuple[str, int], ...], Only, bool], ...] = (
+    (("type", "status"), (("priority", -1), ("run_at", 1)), QUEUED, False),  # the claim
+    (("type", "status"), (("run_at", 1),), QUEUED, False),  # the next due task, due counts
+    (("type",), (("created_at", -1), ("task_id", 1)), None, False),  # the list; created_at windows
+    (("type", "status"), (("created_at", -1), ("task_id", 1)), None, False),  # the list by status
+    (("type",), (("started_at", 1),), None, True),  # started_at windows
+    (("type",), (("finished_at", 1),), None, True),  # finished_at windows
 )
 #: (partition fields, grouped field) of the counts kept for `$group` by status.
 DEFAULT_GROUP_COUNTS: tuple[tuple[tuple[str, ...], str], ...] = ((("type",), "status"), ((), "status"))
@@ -51,6 +51,7 @@ SMALL_PLAN = 64
 
 Plan = tuple[int, Callable[[], Iterable[Key]]]
 _GONE = object()
+_NULL_RANK = 5  # `encoded`'s rank of null and missing
 
 
 def utcnow() -> datetime:
@@ -97,12 +98,13 @@ class Documents:
             while split < len(keys) and keys[split][0] in CATEGORICAL_FIELDS:
                 split += 1
             if split < len(keys) and not (spec.get("unique") and len(keys) == 1):
-                sorted_specs.append((tuple(f for f, _ in keys[:split]), tuple(keys[split:]), None))
+                sorted_specs.append((tuple(f for f, _ in keys[:split]), tuple(keys[split:]), None, False))
         for field in hash_fields:
             if "." not in field and field != "_id":
                 wanted[("hash", field)] = functools.partial(HashIndex, field)
-        for partition, order, only in sorted_specs:
-            wanted[("sorted", partition, order, only)] = functools.partial(SortedIndex, partition, order, only)
+        for partition, order, only, sparse in sorted_specs:
+            wanted[("sorted", partition, order, only, sparse)] = functools.partial(
+                SortedIndex, partition, order, only, sparse)
         for partition, field in DEFAULT_GROUP_COUNTS:
             wanted[("group", partition, field)] = functools.partial(GroupCounts, partition, field)
         return wanted
@@ -219,6 +221,8 @@ class Documents:
             else:
                 first = index.order[0][0]
                 rng = range_of(spec[first]) if first in spec else None
+                if index.sparse and (rng is None or (rng is not EMPTY_RANGE and rng[0][0] == _NULL_RANK)):
+                    continue  # the index lacks the null values such a filter may match
                 used = set(index.partition) | ({first} if rng is not None else set())
                 exact = exact and set(spec) == used and (rng is None or rng is EMPTY_RANGE or rng[4])
                 pkeys = list(dict.fromkeys(itertools.product(*values)))

@@ -179,11 +179,14 @@ class SortedIndex(Structure):
     it files), the documents of other partitions are not kept at all."""
 
     def __init__(self, partition: tuple[str, ...], order: tuple[tuple[str, int], ...],
-                 only: tuple[str, frozenset[Any]] | None = None) -> None:
+                 only: tuple[str, frozenset[Any]] | None = None, sparse: bool = False) -> None:
         super().__init__([*partition, *(field for field, _ in order)])
         self.partition = partition
         self.order = order
         self.only = only
+        #: Documents whose first sort field is null or missing are not kept: the index serves
+        #: only a range on that field of another type (which never matches null).
+        self.sparse = sparse
         self._only_at = partition.index(only[0]) if only else -1
         self.parts: dict[tuple[Any, ...], SortedList] = {}
         self.irregular: set[Key] = set()
@@ -200,6 +203,8 @@ class SortedIndex(Structure):
                 return IRREGULAR
             pkey.append(value)
         if self.only is not None and pkey[self._only_at] not in self.only[1]:
+            return SKIP
+        if self.sparse and doc.get(self.order[0][0]) is None:
             return SKIP
         entry: list[Any] = []
         for field, direction in self.order:

@@ -13,7 +13,7 @@ from bson import ObjectId
 from bson.errors import InvalidDocument
 
 #: Types stored as they are: immutable, so a document may share them with its caller.
-_ATOMS = (str, int, float, bool, type(None), ObjectId, bytes)
+_ATOM_TYPES = frozenset({str, int, float, bool, type(None), ObjectId, bytes})
 
 
 class Marker:
@@ -32,22 +32,25 @@ MISSING = Marker("MISSING")
 def stored(value: Any) -> Any:
     """A deep copy of `value` as the database would store it; `InvalidDocument` for a key
     that is not a string."""
-    if isinstance(value, _ATOMS):
+    kind = type(value)
+    if kind in _ATOM_TYPES:
         return value
-    if isinstance(value, Mapping):
+    if kind is dict or isinstance(value, Mapping):
         copy = {}
         for key, item in value.items():
-            if not isinstance(key, str):
+            if type(key) is not str and not isinstance(key, str):
                 raise InvalidDocument(f"documents must have only string keys, key was {key!r}")
-            copy[key] = stored(item)
+            copy[key] = item if type(item) in _ATOM_TYPES else stored(item)
         return copy
-    if isinstance(value, (list, tuple)):
-        return [stored(item) for item in value]
+    if kind is list or kind is tuple:
+        return [item if type(item) in _ATOM_TYPES else stored(item) for item in value]
     if isinstance(value, datetime):
         if value.tzinfo is not None:
             value = (value - value.utcoffset()).replace(tzinfo=None)  # type: ignore[operator]
         return value.replace(microsecond=value.microsecond // 1000 * 1000)
-    return value  # Decimal128, Regex, UUID, ...: immutable or left to the caller
+    if isinstance(value, (list, tuple)):
+        return [stored(item) for item in value]
+    return value  # Decimal128, Regex, UUID, subclasses of the atoms...: immutable or left to the caller
 
 
 def copied(value: Any) -> Any:
