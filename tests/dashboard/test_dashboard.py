@@ -97,6 +97,14 @@ def page(context: BrowserContext, recorded: Recorded) -> Page:
     return page
 
 
+def served_running(make_task: Any, serve: Any, name: str) -> tuple[Any, str, str]:
+    """A `Gated` task running `name` (it waits at its gate), and the base URL of an app serving it."""
+    gated = make_task(Gated)
+    task_id = gated.run(name=name)
+    wait_for(gated, task_id, ("running",))
+    return gated, task_id, serve(app_of(gated))
+
+
 def row(page: Page, task_id: str) -> Any:
     return page.get_by_role("row").filter(has=page.get_by_role("link", name=task_id, exact=True))
 
@@ -188,10 +196,7 @@ def test_list_newest_first_with_status_text_and_counts(make_task, serve, page):
 
 
 def test_a_task_finishing_while_the_page_is_open_shows_success(make_task, serve, page):
-    gated = make_task(Gated)
-    task_id = gated.run(name="slow")
-    wait_for(gated, task_id, ("running",))
-    base = serve(app_of(gated))
+    gated, task_id, base = served_running(make_task, serve, "slow")
 
     page.goto(f"{base}/dashboard/tasks")
     expect(row(page, task_id).get_by_text("running", exact=True)).to_be_visible()
@@ -271,10 +276,7 @@ def test_task_page_shows_params_result_log_and_details(make_task, serve, page, t
 
 
 def test_task_page_follows_the_log_and_progress_while_the_task_runs(make_task, serve, page):
-    gated = make_task(Gated)
-    task_id = gated.run(name="follow-me")
-    wait_for(gated, task_id, ("running",))
-    base = serve(app_of(gated))
+    gated, task_id, base = served_running(make_task, serve, "follow-me")
 
     page.goto(f"{base}/dashboard/tasks/Gated/{task_id}")
     log = page.locator("#log")
@@ -596,17 +598,24 @@ def dashboard_client(app: Flask) -> Any:
     return client
 
 
+def two_tokens_two_tasks(make_task: Any) -> tuple[Any, str, str, Any]:
+    """A finished `Square` task (token alpha-token) and a failed `Explode` task (token
+    beta-token): the `Explode` type, both ids and a dashboard client of an app serving both,
+    not signed in."""
+    square, explode = make_task(Square, api_token="alpha-token"), make_task(Explode, api_token="beta-token")
+    mine, theirs = square.run(n=3), explode.run(reason="no")
+    wait_for(square, mine)
+    wait_for(explode, theirs)
+    return explode, mine, theirs, dashboard_client(app_of(square, explode))
+
+
 def sign_in(client: Any, token: str) -> None:
     answer = client.post("/dashboard/login", data={"token": token, "csrf_token": client.csrf})
     assert answer.status_code == 303, answer.data
 
 
 def test_a_session_acts_only_on_the_types_its_token_signs_in(make_task):
-    square, explode = make_task(Square, api_token="alpha-token"), make_task(Explode, api_token="beta-token")
-    mine, theirs = square.run(n=3), explode.run(reason="no")
-    wait_for(square, mine)
-    wait_for(explode, theirs)
-    client = dashboard_client(app_of(square, explode))
+    explode, mine, theirs, client = two_tokens_two_tasks(make_task)
     sign_in(client, "alpha-token")
     listing = client.get("/dashboard/tasks").get_data(as_text=True)
     assert mine in listing and theirs not in listing
@@ -679,11 +688,7 @@ def retry_button(html: str, name: str = "retry") -> str:
 
 
 def test_signing_in_with_a_second_token_adds_its_types_to_the_session(make_task):
-    square, explode = make_task(Square, api_token="alpha-token"), make_task(Explode, api_token="beta-token")
-    mine, theirs = square.run(n=3), explode.run(reason="no")
-    wait_for(square, mine)
-    wait_for(explode, theirs)
-    client = dashboard_client(app_of(square, explode))
+    explode, mine, theirs, client = two_tokens_two_tasks(make_task)
     sign_in(client, "alpha-token")
     sign_in(client, "beta-token")
     listing = client.get("/dashboard/tasks").get_data(as_text=True)
