@@ -41,6 +41,7 @@ from .jsonable import as_utc, jsonable
 from .status import TaskStatus
 from .store.clock import DatabaseClock, from_ms
 from .store.limits import Blocked, LimitDocs
+from .store.registry import ConcurrencySlots
 from .store.tasks import TaskStore, utcnow
 from .validation import MAX_DURATION, Signature, positive_int
 
@@ -434,6 +435,30 @@ class Limits:
                 rated["concurrency_key"] = {"$nin": sorted(blocked.full)}
             counts["rate"] = self.store.count_due(rated)
         return counts
+
+
+Explain = Callable[[list[dict[str, Any]], list[dict[str, Any]]], None]
+
+
+def explaining(limits: Limits | None, slots: ConcurrencySlots | None) -> Explain | None:
+    """What fills `held` in the public views: the rate and per-key limits' reasons, then, with
+    `max_concurrency`, {"reason": "concurrency", "key": None, "until": None} for the due queued
+    tasks nothing else holds back while every slot of the type is taken."""
+    if slots is None:
+        return None if limits is None else limits.explain
+
+    def explain(docs: list[dict[str, Any]], views: list[dict[str, Any]]) -> None:
+        if limits is not None:
+            limits.explain(docs, views)
+        now = utcnow()
+        waiting = [view for doc, view in zip(docs, views, strict=True)
+                   if view.get("status") == TaskStatus.QUEUED.value and view.get("held") is None
+                   and _due(doc.get("run_at"), now)]
+        if waiting and slots.all_taken():
+            for view in waiting:
+                view["held"] = {"reason": "concurrency", "key": None, "until": None}
+
+    return explain
 
 
 def _due(run_at: datetime | None, now: datetime) -> bool:

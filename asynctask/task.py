@@ -27,7 +27,7 @@ from .executors import Executors
 from .instances import forget as forget_instance
 from .instances import register as register_instance
 from .lifecycle import error_text
-from .limits import Limits, class_option
+from .limits import Limits, class_option, explaining
 from .logs import task_logger
 from .longpoll import LongPolls
 from .process import PerProcess
@@ -228,7 +228,7 @@ class AsyncTask:
         )
         self.rate_limit = None if self._limits is None else self._limits.rate
         self.max_concurrency_per_key = None if self._limits is None else self._limits.per_key
-        self._store.explain = None if self._limits is None else self._limits.explain
+        self._store.explain = explaining(self._limits, self._limit)
         self._backend = StoreBackend(
             self._store, self._workers, self._limit, stale_after=self.stale_after.total_seconds(),
             heartbeat_interval=self.heartbeat_interval.total_seconds(), max_attempts=self.max_attempts,

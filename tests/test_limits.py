@@ -292,7 +292,9 @@ def test_tasks_without_a_key_are_not_limited_and_max_concurrency_still_caps_the_
     wait_until(lambda: book.running.get(None) == 3, "three keyless tasks run", timeout=DEADLINE)
     instances[0].submit({"name": "k1", "tenant": "K"})
     time.sleep(0.3)  # give a wrong claim the chance to exceed the type's cap
-    assert sum(book.running.values()) == 3 and instances[0].retrieve("k1")["held"] is None
+    assert sum(book.running.values()) == 3
+    assert instances[0].retrieve("k1")["held"] == {"reason": "concurrency", "key": None, "until": None}, \
+        "k1 waits on the type's cap, not on its key"
     book.gate.set()
     views = wait_until(lambda: finished(instances[0], [f"n{i}" for i in range(5)] + ["k1"]), "all end",
                        timeout=DEADLINE)
@@ -437,3 +439,18 @@ def test_the_dashboard_and_metrics_show_what_the_limits_hold_back(make_task: Cal
     metrics = client.get("/metrics").get_data(as_text=True)
     assert f'asynctask_queue_held{{reason="concurrency",task="{Tenants.name}"}} 1.0' in metrics \
         or f'asynctask_queue_held{{task="{Tenants.name}",reason="concurrency"}} 1.0' in metrics
+
+
+def test_a_task_waiting_on_the_types_max_concurrency_says_so(make_task, wait_for):
+    from tasks import Gate
+
+    gate = make_task(Gate, max_concurrency=1, max_worker=4, poll_interval=0.05)
+    gate.run(name="first")
+    assert gate.started.wait(10)
+    gate.run(name="second")
+    wait_until(lambda: gate.retrieve("second")["held"], "the second task says why it waits", timeout=5)
+    assert gate.retrieve("second")["held"] == {"reason": "concurrency", "key": None, "until": None}
+    assert gate.retrieve("first")["held"] is None, "a running task is not held"
+    gate.gate.set()
+    assert wait_for(gate, "second")["status"] == "success"
+    assert gate.retrieve("second")["held"] is None

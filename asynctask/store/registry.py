@@ -160,6 +160,13 @@ class ConcurrencySlots:
         )
         return None if slot is None else slot["_id"]
 
+    def all_taken(self) -> bool:
+        """Whether every slot is held now (two counts; writes nothing)."""
+        mine = {"type": self.type, "index": {"$lt": self.limit}}
+        collection = self.collection
+        return bool(collection.count_documents(mine) == self.limit
+                    and collection.count_documents({**mine, "holder": None}) == 0)
+
     def bind(self, slot_id: str, task_id: str, attempt: int) -> None:
         """The claim succeeded: the slot is held by this attempt of `task_id`."""
         self.collection.update_one({"_id": slot_id}, {"$set": {"holder": task_id, "attempt": attempt}})
