@@ -273,8 +273,7 @@ class MemoryCollection:
             if spec.get("unique") and any(self._docs.duplicate(k, d, self._count_matching)
                                           for k, d in self._docs.docs.items()):
                 self._docs.drop_index(name)
-                raise DuplicateKeyError(f"E11000 duplicate key error collection: {self.full_name} index: {name}",
-                                        11000)
+                raise self._duplicate_key(name)
             self.database._created.add(self.name)
         return name
 
@@ -344,13 +343,12 @@ class MemoryCollection:
     def _insert(self, doc: dict[str, Any]) -> None:
         key = store_key(doc["_id"])
         if key in self._docs.docs:
-            raise DuplicateKeyError(f"E11000 duplicate key error collection: {self.full_name} index: _id_ "
-                                    f"dup key: {{ _id: {doc['_id']!r} }}", 11000)
+            raise self._duplicate_key("_id_")
         self._docs.put(key, doc)
         name = self._docs.duplicate(key, doc, self._count_matching)
         if name is not None:
             self._docs.delete(key)
-            raise DuplicateKeyError(f"E11000 duplicate key error collection: {self.full_name} index: {name}", 11000)
+            raise self._duplicate_key(name)
         self.database._created.add(self.name)
 
     def _replace(self, key: Key, old: dict[str, Any], new: dict[str, Any]) -> None:
@@ -359,7 +357,11 @@ class MemoryCollection:
         name = self._docs.duplicate(key, new, self._count_matching, changed)
         if name is not None:
             self._docs.put(key, old)
-            raise DuplicateKeyError(f"E11000 duplicate key error collection: {self.full_name} index: {name}", 11000)
+            raise self._duplicate_key(name)
+
+    def _duplicate_key(self, index: str) -> DuplicateKeyError:
+        """MongoDB's error for a write that would give unique index `index` a second document."""
+        return DuplicateKeyError(f"E11000 duplicate key error collection: {self.full_name} index: {index}", 11000)
 
     def _changed(self, doc: dict[str, Any], update: Any, replace: bool) -> dict[str, Any]:
         if replace:
@@ -384,8 +386,8 @@ class MemoryCollection:
         matched = modified = 0
         with self._lock:
             self._docs.expire()
-            found = list(self._matching(query))
-            for key, doc in found if many else found[:1]:
+            found = list(itertools.islice(self._matching(query), None if many else 1))  # update_one reads one
+            for key, doc in found:
                 matched += 1
                 new = self._changed(doc, update, replace)
                 if _differs(doc, new):

@@ -203,7 +203,8 @@ def _extreme(keep_new: Callable[[Any, Any], bool]) -> Callable[[Doc, str, Any, A
     return apply
 
 
-def _array(doc: Doc, path: str, op: str) -> list[Any]:
+def _array(doc: Doc, path: str) -> list[Any]:
+    """A copy of the array at `path` (empty when missing), to change and set back."""
     current = _get(doc, path)
     if current is MISSING:
         return []
@@ -223,7 +224,7 @@ def _each(operand: Any) -> tuple[list[Any], dict[str, Any]]:
 
 
 def _push(doc: Doc, path: str, operand: Any, matches: Any) -> None:
-    array = _array(doc, path, "$push")
+    array = _array(doc, path)
     values, modifiers = _each(operand)
     unknown = set(modifiers) - {"$slice"}
     if unknown:
@@ -240,7 +241,7 @@ def _push(doc: Doc, path: str, operand: Any, matches: Any) -> None:
 
 
 def _add_to_set(doc: Doc, path: str, operand: Any, matches: Any) -> None:
-    array = _array(doc, path, "$addToSet")
+    array = _array(doc, path)
     values, modifiers = _each(operand)
     if modifiers:
         raise WriteError(f"Found unexpected fields after $each in $addToSet: {sorted(modifiers)}", code=2)
@@ -261,7 +262,7 @@ def _pull(doc: Doc, path: str, operand: Any, matches: Any) -> None:
     current = _get(doc, path)
     if current is MISSING:
         return
-    array = _array(doc, path, "$pull")
+    array = _array(doc, path)
     condition = stored(operand)
     if isinstance(condition, dict) and condition and all(k.startswith("$") for k in condition):
         kept = [v for v in array if not matches({"v": condition}, {"v": v})]
@@ -277,7 +278,7 @@ def _pop(doc: Doc, path: str, operand: Any, matches: Any) -> None:
         raise WriteError(f"$pop expects 1 or -1, found: {operand!r}", code=9)
     if _get(doc, path) is MISSING:
         return
-    array = _array(doc, path, "$pop")
+    array = _array(doc, path)
     _set_value(doc, path, array[:-1] if operand == 1 else array[1:])
 
 
