@@ -224,10 +224,12 @@ def test_filter_by_type_and_status_and_search_ids_params_and_errors(make_task, s
     expect(links).to_have_text([boom])
 
     page.get_by_label("Type", exact=True).select_option("")
+    expect(page).to_have_url(f"{base}/dashboard/tasks?type=&status=&q=")  # that page, before the next change
     page.get_by_label("Status", exact=True).select_option("success")
     expect(links).to_have_text([beta, alpha])
 
     page.get_by_label("Status", exact=True).select_option("")
+    expect(page).to_have_url(f"{base}/dashboard/tasks?type=&status=&q=")
     page.get_by_label("Search", exact=True).fill("beta-rep")  # text in params
     page.get_by_role("button", name="Apply").click()
     expect(links).to_have_text([beta])
