@@ -96,6 +96,7 @@ class AttemptRun:
         self.ending = Ending.LOST
         self.log: logging.Logger = logger
         self._files = contextlib.ExitStack()
+        self._freed = False
 
     def begin(self) -> logging.Logger:
         task, attempt = self.task, self.attempt
@@ -111,6 +112,7 @@ class AttemptRun:
     def finish(self, outcome: Outcome) -> None:
         recorded = record(self.task, self.worker, self.attempt, outcome, self.log)
         self.ending = recorded.ending if recorded else outcome.ending
+        self.free()  # before the hook: a slow `callback` must not hold the task's limits
         notify(self.task, self.attempt, recorded, self.log)
 
     def fail(self, exc: BaseException) -> None:
@@ -122,8 +124,13 @@ class AttemptRun:
             self._files.close()
         except Exception:
             logger.exception("task %s: closing its log failed", attempt.task_id)
-        free(self.worker, attempt)
+        self.free()
         emit(attempt_ended, task, attempt=attempt, ending=self.ending, seconds=time.monotonic() - self.began)
+
+    def free(self) -> None:
+        if not self._freed:
+            self._freed = True
+            free(self.worker, self.attempt)
 
 
 def free(worker: Worker, attempt: Attempt) -> None:
