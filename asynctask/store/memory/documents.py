@@ -102,7 +102,11 @@ class Documents:
         for field in hash_fields:
             if "." not in field and field != "_id":
                 wanted[("hash", field)] = functools.partial(HashIndex, field)
+        served = set()
         for partition, order, only, sparse in sorted_specs:
+            if (partition, order) in served:
+                continue  # a created index a default of the same order serves already
+            served.add((partition, order))
             wanted[("sorted", partition, order, only, sparse)] = functools.partial(
                 SortedIndex, partition, order, only, sparse)
         for partition, field in DEFAULT_GROUP_COUNTS:
