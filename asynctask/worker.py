@@ -69,6 +69,9 @@ class Worker:
         self._reserved = 0
         self._poll_now = False
         self._poll_at = float("inf")
+        #: When the loop, asleep, wakes by itself (0 while it is awake): a change that needs it
+        #: no sooner does not wake it, which spares a thread switch per task under load.
+        self._wakes_at = 0.0
         self._backlog = False
         self._stopped = False
         self._thread: threading.Thread | None = None
@@ -92,6 +95,8 @@ class Worker:
     def unreserve(self) -> None:
         with self._cond:
             self._reserved -= 1
+            if self._poll_now:
+                self._cond.notify_all()  # a task was queued while this slot was reserved
 
     def dispatch(self, attempt: Attempt, deadline: float, *, reserved: bool = False) -> None:
         """Run a claimed attempt in a slot; the slot is free again once the attempt's thread ends.
@@ -130,7 +135,8 @@ class Worker:
                 self._reserved -= 1
             self._in_flight[attempt] = deadline
             self._held.add(attempt)
-            self._cond.notify_all()
+            if deadline < self._wakes_at:
+                self._cond.notify_all()
 
     def _work(self, attempt: Attempt | None) -> None:
         """A slot's thread: run the attempt; while the queue has more work, claim the next here
@@ -168,7 +174,8 @@ class Worker:
             keep = self._backlog and self.claiming and not self.stopping
             if keep:
                 self._reserved += 1
-            self._cond.notify_all()
+            else:
+                self._cond.notify_all()  # a slot is free (the loop may fill it; a drain may be over)
         self.on_end(attempt.task_id)
         return keep
 
@@ -192,7 +199,8 @@ class Worker:
         """Claim at the next chance rather than after the poll interval (a task was just queued)."""
         with self._cond:
             self._poll_now = True
-            self._cond.notify_all()
+            if self.capacity - len(self._in_flight) - self._reserved > 0:
+                self._cond.notify_all()  # with no slot free, the next one freed wakes the loop
 
     def wake_at(self, monotonic_time: float) -> None:
         """Claim no later than `monotonic_time` (a task of this process falls due then)."""
@@ -234,7 +242,10 @@ class Worker:
                         waits += [next_poll, self._poll_at]
                     elif self.sweeping:
                         waits.append(next_poll)
-                    self._cond.wait(max(min(waits) - now, 0.005))
+                    pause = max(min(waits) - now, 0.005)
+                    self._wakes_at = now + pause
+                    self._cond.wait(pause)
+                    self._wakes_at = 0.0
                     continue
                 self._poll_now = False
             if due[0]:
