@@ -245,10 +245,22 @@ class _TaskFileHandler(RotatingFileHandler):
     def _open(self) -> Any:
         return _AppendFile(self.baseFilename, self.encoding or "utf-8", self.errors)
 
-    def shouldRollover(self, record: logging.LogRecord) -> bool:  # noqa: N802 - logging's name
-        if self.stream is None or self.maxBytes <= 0:
-            return False  # not open yet: the size is checked from its next line on
-        return bool(self.stream.tell() + len(self.format(record)) + 1 >= self.maxBytes)
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write one line, rotating first if it would take the file past `maxBytes`; the line is
+        formatted once (the standard handler formats it for the size check, then again)."""
+        try:
+            line = self.format(record) + self.terminator
+            if self.stream is None:
+                self.stream = self._open()
+            if 0 < self.maxBytes <= self.stream.tell() + len(line) and self.stream.tell() > 0:
+                self.doRollover()
+                if self.stream is None:
+                    self.stream = self._open()
+            self.stream.write(line)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
 
 
 def _handlers(logger_dir: Path, task_id: str, trace_id: str | None) -> list[logging.Handler]:

@@ -355,6 +355,18 @@ def test_task_log_rotates(make_task, wait_for, monkeypatch):
         assert 0 < path.stat().st_size <= 2000
 
 
+def test_a_full_log_from_an_earlier_attempt_rotates_before_the_next_line(make_task, wait_for, monkeypatch):
+    monkeypatch.setattr(asynctask.logs, "MAX_BYTES", 2000)
+    task = make_task(Talker)
+    task.logger_dir.mkdir(parents=True, exist_ok=True)
+    earlier = "é" * 995 + "\n"  # 1,991 bytes in 996 characters
+    (task.logger_dir / "full.log").write_text(earlier, encoding="utf-8")
+    assert wait_for(task, task.run(name="full"))["status"] == "success"
+    _wait_for_text(task.logger_dir / "full.log", "task succeeded")
+    assert (task.logger_dir / "full.log.1").read_text(encoding="utf-8") == earlier
+    assert "said line 0 of full" in (task.logger_dir / "full.log").read_text(encoding="utf-8")
+
+
 def test_default_rotation_is_ten_files_of_ten_mib(make_task, wait_for):
     task = make_task(Talker)
     view = wait_for(task, task.run(name="sizes"))

@@ -35,6 +35,8 @@ def stored(value: Any) -> Any:
     kind = type(value)
     if kind in _ATOM_TYPES:
         return value
+    if kind is datetime:
+        return _stored_time(value)
     if kind is dict or isinstance(value, Mapping):
         copy = {}
         for key, item in value.items():
@@ -45,12 +47,17 @@ def stored(value: Any) -> Any:
     if kind is list or kind is tuple:
         return [item if type(item) in _ATOM_TYPES else stored(item) for item in value]
     if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = (value - value.utcoffset()).replace(tzinfo=None)  # type: ignore[operator]
-        return value.replace(microsecond=value.microsecond // 1000 * 1000)
+        return _stored_time(value)
     if isinstance(value, (list, tuple)):
         return [stored(item) for item in value]
     return value  # Decimal128, Regex, UUID, subclasses of the atoms...: immutable or left to the caller
+
+
+def _stored_time(value: datetime) -> datetime:
+    """A datetime as BSON keeps it: naive UTC, to the millisecond."""
+    if value.tzinfo is not None:
+        value = (value - value.utcoffset()).replace(tzinfo=None)  # type: ignore[operator]
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
 def copied(value: Any) -> Any:
