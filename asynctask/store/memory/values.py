@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from bson import ObjectId
@@ -55,9 +55,10 @@ def stored(value: Any) -> Any:
 
 def _stored_time(value: datetime) -> datetime:
     """A datetime as BSON keeps it: naive UTC, to the millisecond."""
-    if value.tzinfo is not None:
-        value = (value - value.utcoffset()).replace(tzinfo=None)  # type: ignore[operator]
-    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+    zone = value.tzinfo
+    if zone is not None and zone is not timezone.utc:
+        value = value - value.utcoffset()  # type: ignore[operator]
+    return value.replace(microsecond=value.microsecond // 1000 * 1000, tzinfo=None)
 
 
 def copied(value: Any) -> Any:
