@@ -28,7 +28,7 @@ from pymongo.results import DeleteResult, InsertManyResult, InsertOneResult, Upd
 
 from .documents import Documents, changed_fields
 from .indexes import Key
-from .updates import apply_update, check_replacement, check_update, upserted
+from .updates import apply_update, check_replacement, check_update, touched, upserted
 from .values import MISSING, copied, dotted, store_key, stored
 
 __all__ = ["MemoryCollection", "MemoryDatabase"]
@@ -351,9 +351,10 @@ class MemoryCollection:
             raise self._duplicate_key(name)
         self.database._created.add(self.name)
 
-    def _replace(self, key: Key, old: dict[str, Any], new: dict[str, Any]) -> None:
-        """Store `new` in place of `old`, unless it breaks a unique index."""
-        changed = self._docs.put(key, new)
+    def _replace(self, key: Key, old: dict[str, Any], new: dict[str, Any], changed: set[str]) -> None:
+        """Store `new` in place of `old` (`changed`: the top-level fields that differ), unless it
+        breaks a unique index."""
+        self._docs.put(key, new, changed)
         name = self._docs.duplicate(key, new, self._count_matching, changed)
         if name is not None:
             self._docs.put(key, old)
@@ -390,8 +391,9 @@ class MemoryCollection:
             for key, doc in found:
                 matched += 1
                 new = self._changed(doc, update, replace)
-                if _differs(doc, new):
-                    self._replace(key, doc, new)
+                changed = changed_fields(doc, new, None if replace else touched(update, False))
+                if _differs(doc, new, changed):
+                    self._replace(key, doc, new, changed)
                     modified += 1
             if not matched and upsert:
                 doc = self._upsert(query, update, replace)
@@ -404,8 +406,9 @@ class MemoryCollection:
             self._docs.expire()
             for key, doc in self._ordered(query, _sort_spec(sort)):
                 new = self._changed(doc, update, replace)
-                if _differs(doc, new):
-                    self._replace(key, doc, new)
+                changed = changed_fields(doc, new, None if replace else touched(update, False))
+                if _differs(doc, new, changed):
+                    self._replace(key, doc, new, changed)
                 return project(new if return_document else doc, projection)
             if not upsert:
                 return None
@@ -502,10 +505,10 @@ def _filter(filter: Any) -> Any:  # noqa: A002
     return stored(filter)
 
 
-def _differs(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Whether an update changed the document: a top-level value that is not the same object
-    and not an equal value."""
-    for field in changed_fields(old, new):
+def _differs(old: dict[str, Any], new: dict[str, Any], changed: set[str]) -> bool:
+    """Whether an update changed the document: a top-level value (of the `changed` ones, not
+    the same objects) that is not an equal value either."""
+    for field in changed:
         before, after = old.get(field, _ABSENT), new.get(field, _ABSENT)
         if before != after:
             return True

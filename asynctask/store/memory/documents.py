@@ -27,6 +27,7 @@ from .indexes import (
     eq_values,
     range_of,
 )
+from .values import store_key
 
 #: Fields always hash-indexed, whatever indexes were created.
 DEFAULT_HASH_FIELDS: tuple[str, ...] = ("task_id", "type", "status", "owner")
@@ -152,10 +153,11 @@ class Documents:
 
     # -- writes --
 
-    def put(self, key: Key, doc: dict[str, Any]) -> set[str] | None:
+    def put(self, key: Key, doc: dict[str, Any], changed: set[str] | None = None) -> set[str] | None:
         """Store `doc` under `key` (new, or replacing the stored one) and file it where the
-        values it changed call for (values left alone are the same objects: copy-on-write).
-        Returns the top-level fields changed (None for a new document)."""
+        values it changed call for (values left alone are the same objects: copy-on-write;
+        `changed` names them when the caller knows). Returns the top-level fields changed
+        (None for a new document)."""
         seq = self._seq.get(key)
         old = self.docs.get(key)
         if seq is None:
@@ -166,7 +168,8 @@ class Documents:
             for structure in self._structures.values():
                 structure.refile(key, seq, doc)
             return None
-        changed = changed_fields(old, doc)
+        if changed is None:
+            changed = changed_fields(old, doc)
         for structure in self._structures.values():
             if not structure.reads.isdisjoint(changed):
                 structure.refile(key, seq, doc)
@@ -387,13 +390,15 @@ class Documents:
         return None
 
 
-def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:
-    """The top-level fields whose values are not the very same objects in `old` and `new`."""
-    return {field for field in old.keys() | new.keys() if old.get(field, _GONE) is not new.get(field, _GONE)}
+def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any], among: Iterable[str] | None = None) -> set[str]:
+    """The top-level fields (of `among`, if the only ones that may differ are known) whose values
+    are not the very same objects in `old` and `new`."""
+    fields = old.keys() | new.keys() if among is None else among
+    return {field for field in fields if old.get(field, _GONE) is not new.get(field, _GONE)}
 
 
 def _present(values: list[Any], documents: Mapping[Key, Any]) -> list[Key]:
-    return [v for v in values if v in documents]
+    return [key for key in map(store_key, values) if key in documents]
 
 
 def _chain_plans(plans: list[Plan | None]) -> Iterator[Key]:

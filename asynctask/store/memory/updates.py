@@ -46,6 +46,7 @@ def apply_update(doc: Doc, update: Mapping[str, Any], *, inserting: bool,
     """`doc` with `update` applied (`$setOnInsert` only when `inserting`); `matches(query,
     element)` is the query engine, for `$pull` conditions."""
     new = dict(doc)
+    checked = touched(update, inserting) is not None
     seen: set[str] = set()
     for op, fields in update.items():
         apply = _OPERATORS.get(op)
@@ -58,12 +59,44 @@ def apply_update(doc: Doc, update: Mapping[str, Any], *, inserting: bool,
         if op == "$setOnInsert" and not inserting:
             continue
         for path, operand in fields.items():
-            _check_path(path, seen, new if inserting else doc, inserting)
+            if not checked:
+                _check_path(path, seen, inserting)
             apply(new, path, operand, matches)
     return new
 
 
-def _check_path(path: str, seen: set[str], doc: Doc, inserting: bool) -> None:
+#: Update shapes (operators and paths) seen before -> the top-level fields they may change, or
+#: None when their paths are refused. The hot path writes the same few shapes over and over.
+_SHAPES: dict[tuple[Any, ...], frozenset[str] | None] = {}
+
+
+def touched(update: Mapping[str, Any], inserting: bool) -> frozenset[str] | None:
+    """The top-level fields `update` may change, or None if its paths are refused (empty,
+    conflicting, `_id`) or it has an operator that is not a document of paths."""
+    try:
+        shape = (inserting, *((op, *fields) for op, fields in update.items()))
+        known = _SHAPES.get(shape, MISSING)
+    except TypeError:  # not a document of paths: `apply_update` says what is wrong
+        return None
+    if known is not MISSING:
+        return known  # type: ignore[return-value]
+    tops: frozenset[str] | None
+    try:
+        seen: set[str] = set()
+        for op, fields in update.items():
+            if op in _OPERATORS and isinstance(fields, Mapping) and (inserting or op != "$setOnInsert"):
+                for path in fields:
+                    _check_path(path, seen, inserting)
+        tops = frozenset(path.split(".", 1)[0] for path in seen if not path.startswith("\0"))
+    except WriteError:
+        tops = None
+    if len(_SHAPES) > 4096:
+        _SHAPES.clear()
+    _SHAPES[shape] = tops
+    return tops
+
+
+def _check_path(path: str, seen: set[str], inserting: bool) -> None:
     if not isinstance(path, str) or not path or path.startswith("$") or ".." in path or path.endswith("."):
         raise WriteError(f"The update path '{path}' contains an empty field name, which is not allowed.", code=56)
     top = "\0" + path.split(".", 1)[0]  # marks the top-level fields touched, so most paths need no scan
