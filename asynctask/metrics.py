@@ -61,32 +61,45 @@ OLDEST_DUE_HELP = "Seconds the oldest due task of each type has waited (0 when n
 HELD_HELP = "Due tasks a rate limit or a per-key concurrency limit holds back now, per type and reason."
 
 
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def _labelled(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, kept: a child never changes once made, and looking one up
+    through `labels` (argument checks, a lock) costs more than the count it records."""
+    key = (metric, *values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
+
+
 def submitted(task_name: str) -> None:
     """Count a task accepted to run (a claim by `run()`, not a recovery)."""
-    TASKS_SUBMITTED.labels(task=task_name).inc()
+    _labelled(TASKS_SUBMITTED, task_name).inc()
 
 
 def started(task_name: str) -> None:
     """Count an attempt that started running in this process."""
-    TASKS_IN_FLIGHT.labels(task=task_name).inc()
+    _labelled(TASKS_IN_FLIGHT, task_name).inc()
 
 
 def finished(task_name: str, status: str, seconds: float | None) -> None:
     """Count a task that ended in `status`; `seconds` it ran here after `started()`, else None."""
-    TASKS_FINISHED.labels(task=task_name, status=str(status)).inc()
+    _labelled(TASKS_FINISHED, task_name, str(status)).inc()
     if seconds is not None:
-        TASKS_IN_FLIGHT.labels(task=task_name).dec()
-        TASK_DURATION.labels(task=task_name).observe(max(float(seconds), 0.0))
+        _labelled(TASKS_IN_FLIGHT, task_name).dec()
+        _labelled(TASK_DURATION, task_name).observe(max(float(seconds), 0.0))
 
 
 def stopped(task_name: str) -> None:
     """An attempt that `started()` here ended without finishing its task (retry, release, fenced out)."""
-    TASKS_IN_FLIGHT.labels(task=task_name).dec()
+    _labelled(TASKS_IN_FLIGHT, task_name).dec()
 
 
 def held(task_name: str, reason: str) -> None:
     """Count a claim that a limit held back ("rate" or "concurrency")."""
-    CLAIMS_HELD.labels(task=task_name, reason=reason).inc()
+    _labelled(CLAIMS_HELD, task_name, reason).inc()
 
 
 def loop_lag(seconds: float) -> None:
