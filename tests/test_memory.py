@@ -545,8 +545,8 @@ def test_ttl_expiry_matches_mongomock(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.timeout(60)
 def test_indexed_calls_read_few_documents_however_many_are_stored(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The claim, a page of the list, a task by id and the due count stay flat: mongomock's
-    filter engine sees a handful of documents out of 10,000."""
+    """The claim, a page of the list, a task by id and the due count stay flat: the filter is
+    tried on a handful of documents out of 10,000."""
     collection = MemoryCollection()
     _indexes(collection)
     collection.insert_many([
@@ -555,13 +555,13 @@ def test_indexed_calls_read_few_documents_however_many_are_stored(monkeypatch: p
         for n in range(10_000)
     ])
     seen = [0]
-    real = memory_collection.filter_applies
+    real = memory_collection.matches
 
     def counting(spec: Any, doc: Any) -> bool:
         seen[0] += 1
-        return bool(real(spec, doc))
+        return real(spec, doc)
 
-    monkeypatch.setattr(memory_collection, "filter_applies", counting)
+    monkeypatch.setattr(memory_collection, "matches", counting)
     now = T0 + timedelta(days=1)
     claimed = collection.find_one_and_update(
         {"type": "a", "status": "queued", "run_at": {"$lte": now}}, {"$set": {"status": "running"}},
@@ -614,3 +614,27 @@ def test_array_nested_and_numeric_operators_answer_as_plain_mongomock() -> None:
     twin.fast.update_one({"_id": "k"}, {"$set": {"count": 2}})
     twin.fast.update_one({"_id": "k"}, {"$mul": {"count": 3, "absent": 2}})  # mongomock has no $mul
     assert twin.fast.find_one({"_id": "k"}, {"_id": 0, "count": 1, "absent": 1}) == {"count": 6, "absent": 0}
+
+
+def test_the_quick_filter_path_answers_as_the_general_engine() -> None:
+    """The filters the task store writes (string and integer equalities, time ranges) are decided
+    without mongomock's engine; on every kind of value a document may hold, the answers agree."""
+    from bson import ObjectId
+    from mongomock.filtering import filter_applies
+
+    from asynctask.store.memory.filters import matches
+
+    at = datetime(2024, 1, 1)
+    values: list[Any] = [
+        "a", "b", "", 0, 1, 2, 1.0, 1.5, True, False, None, at, at + timedelta(seconds=1), at - timedelta(days=1),
+        ObjectId(), ["a", 1], [at], {"a": 1}, b"a", float("nan"),
+    ]
+    conditions: list[Any] = [
+        "a", "b", 1, 0, 2, {"$lte": at}, {"$lt": at}, {"$gt": at}, {"$gte": at, "$lt": at + timedelta(seconds=2)},
+        {"$lte": 1}, None, {"$in": ["a"]},
+    ]
+    rng = random.Random(7)
+    for _ in range(3000):
+        doc = {field: rng.choice(values) for field in ("x", "y") if rng.random() < 0.8}
+        query = {field: rng.choice(conditions) for field in rng.sample(["x", "y"], rng.randint(1, 2))}
+        assert matches(query, doc) == bool(filter_applies(query, doc)), (query, doc)

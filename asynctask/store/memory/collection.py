@@ -6,7 +6,8 @@ hold. A query runs the query engine only on the candidates an index yields (`doc
 updates are copy-on-write (`updates.py`), and what a caller gets back is a copy.
 
 The query engine is mongomock's `filter_applies` (the semantics of MongoDB's filters, as the
-differential tests check); nothing else of mongomock is used on the hot path. What this store
+differential tests check), after a quick path for the task store's own filters (`filters.py`);
+nothing else of mongomock is used on the hot path. What this store
 does not implement itself (aggregation stages other than a `$match` and a `$group` count) runs
 on a throwaway mongomock collection through its public API.
 """
@@ -21,22 +22,18 @@ from typing import Any
 
 from bson import ObjectId
 from bson.son import SON
-from mongomock.filtering import filter_applies, resolve_sort_key
+from mongomock.filtering import resolve_sort_key
 from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError, CollectionInvalid, DuplicateKeyError, OperationFailure
 from pymongo.results import DeleteResult, InsertManyResult, InsertOneResult, UpdateResult
 
 from .documents import Documents, changed_fields
+from .filters import matches
 from .indexes import Key
 from .updates import apply_update, check_replacement, check_update, touched, upserted
 from .values import MISSING, copied, dotted, store_key, stored
 
 __all__ = ["MemoryCollection", "MemoryDatabase"]
-
-
-def matches(query: Any, doc: Mapping[str, Any]) -> bool:
-    """Whether `doc` matches the filter `query`, as MongoDB decides."""
-    return bool(filter_applies(query, doc))
 
 
 class MemoryDatabase:
