@@ -128,6 +128,7 @@ class AttemptRun:
         emit(attempt_ended, task, attempt=attempt, ending=self.ending, seconds=time.monotonic() - self.began)
 
     def free(self) -> None:
+        """Give back the attempt's slot and limits, once (right after the outcome is recorded)."""
         if not self._freed:
             self._freed = True
             free(self.worker, self.attempt)
