@@ -27,7 +27,6 @@ from .indexes import (
     eq_values,
     range_of,
 )
-from .values import store_key
 
 #: Fields always hash-indexed, whatever indexes were created.
 DEFAULT_HASH_FIELDS: tuple[str, ...] = ("task_id", "type", "status", "owner")
@@ -398,7 +397,7 @@ def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any], among: Iterab
 
 
 def _present(values: list[Any], documents: Mapping[Key, Any]) -> list[Key]:
-    return [key for key in map(store_key, values) if key in documents]
+    return [v for v in values if v in documents]
 
 
 def _chain_plans(plans: list[Plan | None]) -> Iterator[Key]:

@@ -84,10 +84,7 @@ def dotted(doc: Mapping[str, Any], path: str) -> Any:
 
 
 def store_key(doc_id: Any) -> Any:
-    """A hashable key for a document's `_id`. An ObjectId becomes its bytes (tagged): the
-    structures hash a key on every filing, and `ObjectId.__hash__` is Python code."""
-    if type(doc_id) is ObjectId:
-        return ("__oid__", doc_id.binary)
+    """A hashable key for a document's `_id`."""
     if isinstance(doc_id, dict):
         return ("__doc__", tuple((k, store_key(v)) for k, v in doc_id.items()))
     if isinstance(doc_id, list):
