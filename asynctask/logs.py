@@ -47,6 +47,11 @@ class TaskLogger(logging.Logger):
         self.propagate = False
         self.parent = logging.root
 
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging's name
+        """As `Logger.isEnabledFor`, uncached: the logger's level is reset when its attempt ends,
+        and clearing `logging`'s caches then would cost a pass over every logger of the process."""
+        return not self.disabled and self.manager.disable < level and level >= self.getEffectiveLevel()
+
 
 def log_path(logger_dir: Path, task_id: str) -> Path:
     """Where a task's log lives; `task_id` must already be validated."""
@@ -340,8 +345,10 @@ def _forget(logger: TaskLogger) -> None:
             ]
             for child in children:
                 manager._fixupParents(child)  # type: ignore[attr-defined]
+            if children:
+                children[0].setLevel(children[0].level)  # clears the levels the children cached
         logger.propagate = True
-        logger.setLevel(logging.NOTSET)
+        logger.level = logging.NOTSET  # not setLevel: its cache clearing passes over every logger
 
 
 #: A task's log file or one of its rotated parts: `<task_id>.log` or `<task_id>.log.<n>`.

@@ -278,6 +278,14 @@ def test_a_finished_task_logger_has_no_handlers_left(make_task, wait_for):
     used = task.loggers["closed"]
     assert used.name == "closed"
     assert used.handlers == []
+    # Kept past its attempt, it is a plain logger again: its level follows its parents'.
+    assert used.level == logging.NOTSET and used.propagate
+    root_level = logging.root.level
+    try:
+        logging.root.setLevel(logging.WARNING)
+        assert not used.isEnabledFor(logging.INFO) and used.isEnabledFor(logging.ERROR)
+    finally:
+        logging.root.setLevel(root_level)
 
 
 def test_dotted_task_ids_leave_no_placeholder_loggers_behind(make_task):
