@@ -196,6 +196,10 @@ class SortedIndex(Structure):
         return self.only is None or pkey[self._only_at] in self.only[1]
 
     def token(self, doc: Mapping[str, Any], seq: int) -> Any:
+        if self.only is not None:
+            kept = hash_key(doc.get(self.only[0]))
+            if kept is not WILD and kept not in self.only[1]:
+                return SKIP  # (most writes move a task out of the queued-only orders: decided first)
         pkey = []
         for field in self.partition:
             value = hash_key(doc.get(field))
@@ -350,10 +354,11 @@ class GroupCounts(Structure):
         self.irregular: set[Key] = set()
 
     def token(self, doc: Mapping[str, Any], seq: int) -> Any:
-        values = [hash_key(doc.get(f)) for f in (*self.partition, self.field)]
-        if any(v is WILD for v in values):
+        group = hash_key(doc.get(self.field))
+        pkey = tuple([hash_key(doc.get(f)) for f in self.partition])
+        if group is WILD or WILD in pkey:
             return IRREGULAR
-        return tuple(values[:-1]), values[-1]
+        return pkey, group
 
     def add(self, key: Key, seq: int, token: Any) -> None:
         if token is IRREGULAR:
@@ -374,8 +379,6 @@ class GroupCounts(Structure):
             del counts[group]
             if not counts:
                 del self.counts[pkey]
-
-
 
 
 def _earliest(value: Any) -> Any:
