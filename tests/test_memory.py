@@ -638,3 +638,14 @@ def test_the_quick_filter_path_answers_as_the_general_engine() -> None:
         doc = {field: rng.choice(values) for field in ("x", "y") if rng.random() < 0.8}
         query = {field: rng.choice(conditions) for field in rng.sample(["x", "y"], rng.randint(1, 2))}
         assert matches(query, doc) == bool(filter_applies(query, doc)), (query, doc)
+
+
+def test_an_update_refused_for_its_form_leaves_the_same_paths_working() -> None:
+    """A refused update whose operator holds a list, not a document, is not mistaken later for
+    a valid update of the same paths."""
+    collection = MemoryCollection()
+    collection.insert_one({"_id": 1, "a": 0})
+    with pytest.raises(WriteError):
+        collection.update_one({"_id": 1}, {"$set": ["a"]})
+    assert collection.update_one({"_id": 1}, {"$set": {"a": 5}}).modified_count == 1
+    assert collection.find_one({"_id": 1}) == {"_id": 1, "a": 5}

@@ -74,7 +74,7 @@ def touched(update: Mapping[str, Any], inserting: bool) -> frozenset[str] | None
     """The top-level fields `update` may change, or None if its paths are refused (empty,
     conflicting, `_id`) or it has an operator that is not a document of paths."""
     try:
-        shape = (inserting, *((op, *fields) for op, fields in update.items()))
+        shape = (inserting, *((op, type(fields), *fields) for op, fields in update.items()))
         known = _SHAPES.get(shape, MISSING)
     except TypeError:  # not a document of paths: `apply_update` says what is wrong
         return None
