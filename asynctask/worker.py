@@ -82,12 +82,16 @@ class Worker:
 
     def free_slots(self) -> int:
         with self._cond:
-            return 0 if self.stopping else self.capacity - len(self._in_flight) - self._reserved
+            return 0 if self.stopping else self._unused()
+
+    def _unused(self) -> int:
+        """Slots neither running an attempt nor reserved for one (call holding `_cond`)."""
+        return self.capacity - len(self._in_flight) - self._reserved
 
     def reserve(self) -> bool:
         """Reserve a slot for a task this process submits and claims at once."""
         with self._cond:
-            if not self.claiming or self.stopping or self.capacity - len(self._in_flight) - self._reserved <= 0:
+            if not self.claiming or self.stopping or self._unused() <= 0:
                 return False
             self._reserved += 1
             return True
@@ -199,7 +203,7 @@ class Worker:
         """Claim at the next chance rather than after the poll interval (a task was just queued)."""
         with self._cond:
             self._poll_now = True
-            if self.capacity - len(self._in_flight) - self._reserved > 0:
+            if self._unused() > 0:
                 self._cond.notify_all()  # with no slot free, the next one freed wakes the loop
 
     def wake_at(self, monotonic_time: float) -> None:
