@@ -29,7 +29,7 @@ from pymongo.results import DeleteResult, InsertManyResult, InsertOneResult, Upd
 
 from .documents import Documents, changed_fields
 from .filters import matches
-from .indexes import Key
+from .indexes import Seq
 from .updates import apply_update, check_replacement, check_update, touched, upserted
 from .values import MISSING, copied, dotted, store_key, stored
 
@@ -240,8 +240,8 @@ class MemoryCollection:
         query = _filter(filter)
         with self._lock:
             self._docs.expire()
-            for key, doc in self._ordered(query, _sort_spec(sort)):
-                self._docs.delete(key)
+            for seq, doc in self._ordered(query, _sort_spec(sort)):
+                self._docs.delete(seq)
                 return project(doc, projection)
         return None
 
@@ -267,8 +267,8 @@ class MemoryCollection:
             if any(s["key"] == key and s != spec for s in self._docs.index_specs.values()):
                 raise OperationFailure(f"An equivalent index with other options exists: {key}", code=85)
             self._docs.create_index(name, spec)
-            if spec.get("unique") and any(self._docs.duplicate(k, d, self._count_matching)
-                                          for k, d in self._docs.docs.items()):
+            if spec.get("unique") and any(self._docs.duplicate(seq, d, self._count_matching)
+                                          for seq, d in self._docs.docs.items()):
                 self._docs.drop_index(name)
                 raise self._duplicate_key(name)
             self.database._created.add(self.name)
@@ -304,24 +304,24 @@ class MemoryCollection:
 
     # -- the engine ---------------------------------------------------------------------------
 
-    def _matching(self, query: Any, keys: Iterable[Key] | None = None) -> Iterator[tuple[Key, dict[str, Any]]]:
-        """(key, document) of the stored documents matching `query`, in insertion order
-        (among `keys` if given). Call under the lock."""
+    def _matching(self, query: Any, seqs: Iterable[Seq] | None = None) -> Iterator[tuple[Seq, dict[str, Any]]]:
+        """(number, document) of the stored documents matching `query`, in insertion order
+        (among the numbers `seqs` if given). Call under the lock."""
         docs = self._docs.docs
-        if keys is None:
+        if seqs is None:
             if not docs:
                 matches(query, {})  # the filter is checked even on no document
                 return iter(())
-            keys = self._docs.candidates(query)
-        pairs = docs.items() if keys is None else ((k, docs[k]) for k in keys if k in docs)
-        return ((k, d) for k, d in pairs if matches(query, d))
+            seqs = self._docs.candidates(query)
+        pairs = docs.items() if seqs is None else ((s, docs[s]) for s in seqs if s in docs)
+        return ((s, d) for s, d in pairs if matches(query, d))
 
-    def _count_matching(self, query: Any, keys: Iterable[Key] | None) -> int:
-        return sum(1 for _ in self._matching(query, keys))
+    def _count_matching(self, query: Any, seqs: Iterable[Seq] | None) -> int:
+        return sum(1 for _ in self._matching(query, seqs))
 
     def _ordered(self, query: Any, sort: list[tuple[str, int]] | None, skip: int = 0
-                 ) -> Iterator[tuple[Key, dict[str, Any]]]:
-        """Matching (key, document) in the order of `sort` (ties in insertion order), after
+                 ) -> Iterator[tuple[Seq, dict[str, Any]]]:
+        """Matching (number, document) in the order of `sort` (ties in insertion order), after
         `skip` matches; lazily when a sorted index gives the order. Call under the lock."""
         if not sort or not self._docs.docs:
             found = self._matching(query)
@@ -330,8 +330,8 @@ class MemoryCollection:
             return itertools.islice(found, skip, None) if skip else found
         ordered = self._docs.ordered(query, sort, skip)
         if ordered is not None:
-            keys, skipped = ordered
-            found = self._matching(query, keys)
+            seqs, skipped = ordered
+            found = self._matching(query, seqs)
             skip -= skipped
         else:
             found = iter(_sorted(list(self._matching(query)), sort))
@@ -339,22 +339,22 @@ class MemoryCollection:
 
     def _insert(self, doc: dict[str, Any]) -> None:
         key = store_key(doc["_id"])
-        if key in self._docs.docs:
+        if key in self._docs.ids:
             raise self._duplicate_key("_id_")
-        self._docs.put(key, doc)
-        name = self._docs.duplicate(key, doc, self._count_matching)
+        seq = self._docs.insert(key, doc)
+        name = self._docs.duplicate(seq, doc, self._count_matching)
         if name is not None:
-            self._docs.delete(key)
+            self._docs.delete(seq)
             raise self._duplicate_key(name)
         self.database._created.add(self.name)
 
-    def _replace(self, key: Key, old: dict[str, Any], new: dict[str, Any], changed: set[str]) -> None:
+    def _replace(self, seq: Seq, old: dict[str, Any], new: dict[str, Any], changed: set[str]) -> None:
         """Store `new` in place of `old` (`changed`: the top-level fields that differ), unless it
         breaks a unique index."""
-        self._docs.put(key, new, changed)
-        name = self._docs.duplicate(key, new, self._count_matching, changed)
+        self._docs.put(seq, new, changed)
+        name = self._docs.duplicate(seq, new, self._count_matching, changed)
         if name is not None:
-            self._docs.put(key, old)
+            self._docs.put(seq, old)
             raise self._duplicate_key(name)
 
     def _duplicate_key(self, index: str) -> DuplicateKeyError:
@@ -385,12 +385,12 @@ class MemoryCollection:
         with self._lock:
             self._docs.expire()
             found = list(itertools.islice(self._matching(query), None if many else 1))  # update_one reads one
-            for key, doc in found:
+            for seq, doc in found:
                 matched += 1
                 new = self._changed(doc, update, replace)
                 changed = changed_fields(doc, new, None if replace else touched(update, False))
                 if _differs(doc, new, changed):
-                    self._replace(key, doc, new, changed)
+                    self._replace(seq, doc, new, changed)
                     modified += 1
             if not matched and upsert:
                 doc = self._upsert(query, update, replace)
@@ -401,11 +401,11 @@ class MemoryCollection:
                          return_document: bool, replace: bool = False) -> Any:
         with self._lock:
             self._docs.expire()
-            for key, doc in self._ordered(query, _sort_spec(sort)):
+            for seq, doc in self._ordered(query, _sort_spec(sort)):
                 new = self._changed(doc, update, replace)
                 changed = changed_fields(doc, new, None if replace else touched(update, False))
                 if _differs(doc, new, changed):
-                    self._replace(key, doc, new, changed)
+                    self._replace(seq, doc, new, changed)
                 return project(new if return_document else doc, projection)
             if not upsert:
                 return None
@@ -415,9 +415,9 @@ class MemoryCollection:
     def _delete(self, query: Any, *, many: bool) -> DeleteResult:
         with self._lock:
             self._docs.expire()
-            found = [key for key, _ in itertools.islice(self._matching(query), None if many else 1)]
-            for key in found:
-                self._docs.delete(key)
+            found = [seq for seq, _ in itertools.islice(self._matching(query), None if many else 1)]
+            for seq in found:
+                self._docs.delete(seq)
         return DeleteResult({"n": len(found)}, True)
 
 
@@ -468,7 +468,7 @@ class Cursor:
         collection = self.collection
         with collection._lock:
             collection._docs.expire()
-            found: Iterable[tuple[Key, dict[str, Any]]] = collection._ordered(self._query, self._sort, self._skip)
+            found: Iterable[tuple[Seq, dict[str, Any]]] = collection._ordered(self._query, self._sort, self._skip)
             if self._limit:
                 found = itertools.islice(found, abs(self._limit))
             return iter([project(doc, self._projection) for _, doc in found])
@@ -533,14 +533,14 @@ def _sort_spec(sort: Any) -> list[tuple[str, int]] | None:
     return spec
 
 
-def _sorted(pairs: list[tuple[Key, dict[str, Any]]], sort: list[tuple[str, int]]) -> list[tuple[Key, dict[str, Any]]]:
+def _sorted(pairs: list[tuple[Seq, dict[str, Any]]], sort: list[tuple[str, int]]) -> list[tuple[Seq, dict[str, Any]]]:
     """`pairs` in the order of `sort`, ties in their given order, as MongoDB's BSON order ranks."""
     for field, direction in reversed(sort):
         pairs.sort(key=functools.partial(_sort_key, field), reverse=direction < 0)
     return pairs
 
 
-def _sort_key(field: str, pair: tuple[Key, dict[str, Any]]) -> Any:
+def _sort_key(field: str, pair: tuple[Seq, dict[str, Any]]) -> Any:
     return resolve_sort_key(field, pair[1])
 
 

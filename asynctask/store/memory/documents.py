@@ -20,6 +20,7 @@ from .indexes import (
     GroupCounts,
     HashIndex,
     Key,
+    Seq,
     SortedIndex,
     Structure,
     TTLIndex,
@@ -27,9 +28,10 @@ from .indexes import (
     eq_values,
     range_of,
 )
+from .values import store_key
 
 #: Fields always hash-indexed, whatever indexes were created.
-DEFAULT_HASH_FIELDS: tuple[str, ...] = ("task_id", "type", "status", "owner")
+DEFAULT_HASH_FIELDS: tuple[str, ...] = ("task_id", "status")
 #: Sorted indexes that keep only these values of a partition field.
 Only = tuple[str, frozenset[Any]] | None
 QUEUED: Only = ("status", frozenset({"queued"}))
@@ -42,14 +44,15 @@ DEFAULT_SORTED_INDEXES: tuple[tuple[tuple[str, ...], tuple[tuple[str, int], ...]
     (("type",), (("started_at", 1),), None, True),  # started_at windows
     (("type",), (("finished_at", 1),), None, True),  # finished_at windows
 )
-#: (partition fields, grouped field) of the counts kept for `$group` by status.
-DEFAULT_GROUP_COUNTS: tuple[tuple[tuple[str, ...], str], ...] = ((("type",), "status"), ((), "status"))
+#: (partition fields, grouped field) of the counts kept for `$group` by status; the counts of
+#: the whole collection are their sum.
+DEFAULT_GROUP_COUNTS: tuple[tuple[tuple[str, ...], str], ...] = ((("type",), "status"),)
 #: Leading fields of a created index taken as the partition of the sorted index derived from it.
 CATEGORICAL_FIELDS = frozenset({"type", "status", "owner"})
 #: Below this many candidates a hash plan plus a sort beats walking a sorted index.
 SMALL_PLAN = 64
 
-Plan = tuple[int, Callable[[], Iterable[Key]]]
+Plan = tuple[int, Callable[[], Iterable[Seq]]]
 _GONE = object()
 _NULL_RANK = 5  # `encoded`'s rank of null and missing
 
@@ -60,10 +63,14 @@ def utcnow() -> datetime:
 
 
 class Documents:
-    """One collection's documents, in insertion order, with their structures."""
+    """One collection's documents, in insertion order, with their structures. A document is
+    known by its number (`Seq`), given when it is inserted; `ids` finds it by its `_id`."""
 
     def __init__(self) -> None:
-        self.docs: dict[Key, dict[str, Any]] = {}
+        #: The documents by number, in insertion order.
+        self.docs: dict[Seq, dict[str, Any]] = {}
+        #: The number of each document, by its `_id` made hashable (`values.store_key`).
+        self.ids: dict[Key, Seq] = {}
         self.index_specs: dict[str, dict[str, Any]] = {}
         self._structures: dict[tuple[Any, ...], Structure] = {}
         self._hash: dict[str, HashIndex] = {}
@@ -71,8 +78,6 @@ class Documents:
         self._uniques: list[UniqueIndex] = []
         self._ttls: list[TTLIndex] = []
         self._groups: list[GroupCounts] = []
-        self._seq: dict[Key, int] = {}
-        self._by_seq: dict[int, Key] = {}
         self._counter = itertools.count()
         self._sync_structures()
 
@@ -80,6 +85,7 @@ class Documents:
         """Every structure the defaults and the created indexes call for."""
         wanted: dict[tuple[Any, ...], Callable[[], Structure]] = {}
         hash_fields = list(DEFAULT_HASH_FIELDS)
+        leading: list[str] = []
         sorted_specs = list(DEFAULT_SORTED_INDEXES)
         for name, spec in self.index_specs.items():
             keys = [(field, -1 if direction == -1 else 1) for field, direction in spec["key"]]
@@ -93,12 +99,15 @@ class Documents:
                 continue
             if any("." in field for field, _ in keys) or "partialFilterExpression" in spec:
                 continue  # a partial index serves a subset: the defaults cover the task store's
-            hash_fields.append(keys[0][0])
+            leading.append(keys[0][0])
             split = 0
             while split < len(keys) and keys[split][0] in CATEGORICAL_FIELDS:
                 split += 1
             if split < len(keys) and not (spec.get("unique") and len(keys) == 1):
                 sorted_specs.append((tuple(f for f, _ in keys[:split]), tuple(keys[split:]), None, False))
+        # A leading field that a whole sorted index is partitioned by alone is served by it.
+        partitioned = {p[0] for p, _, only, sparse in sorted_specs if len(p) == 1 and only is None and not sparse}
+        hash_fields += [field for field in leading if field not in partitioned]
         for field in hash_fields:
             if "." not in field and field != "_id":
                 wanted[("hash", field)] = functools.partial(HashIndex, field)
@@ -120,8 +129,8 @@ class Documents:
             structure = self._structures.get(spec)
             if structure is None:
                 structure = make()
-                for key, doc in self.docs.items():
-                    structure.refile(key, self._seq[key], doc)
+                for seq, doc in self.docs.items():
+                    structure.refile(seq, doc)
             structures[spec] = structure
         self._structures = structures
         self._hash = {s.field: s for s in structures.values() if isinstance(s, HashIndex)}
@@ -144,51 +153,49 @@ class Documents:
     def clear(self) -> None:
         """Drop every document and index."""
         self.docs.clear()
+        self.ids.clear()
         self.index_specs.clear()
-        self._seq.clear()
-        self._by_seq.clear()
         self._structures = {}
         self._sync_structures()
 
     # -- writes --
 
-    def put(self, key: Key, doc: dict[str, Any], changed: set[str] | None = None) -> set[str] | None:
-        """Store `doc` under `key` (new, or replacing the stored one) and file it where the
-        values it changed call for (values left alone are the same objects: copy-on-write;
-        `changed` names them when the caller knows). Returns the top-level fields changed
-        (None for a new document)."""
-        seq = self._seq.get(key)
-        old = self.docs.get(key)
-        if seq is None:
-            seq = self._seq[key] = next(self._counter)
-            self._by_seq[seq] = key
-        self.docs[key] = doc
-        if old is None:
-            for structure in self._structures.values():
-                structure.refile(key, seq, doc)
-            return None
+    def insert(self, key: Key, doc: dict[str, Any]) -> Seq:
+        """Store a new document whose `_id` is `key` (made hashable) and file it everywhere;
+        returns its number."""
+        seq = next(self._counter)
+        self.docs[seq] = doc
+        self.ids[key] = seq
+        for structure in self._structures.values():
+            structure.refile(seq, doc)
+        return seq
+
+    def put(self, seq: Seq, doc: dict[str, Any], changed: set[str] | None = None) -> None:
+        """Store `doc` in place of document `seq` and refile it where the values it changed
+        call for (values left alone are the same objects: copy-on-write; `changed` names the
+        top-level fields that differ when the caller knows)."""
+        old = self.docs[seq]
+        self.docs[seq] = doc
         if changed is None:
             changed = changed_fields(old, doc)
         for structure in self._structures.values():
             if not structure.reads.isdisjoint(changed):
-                structure.refile(key, seq, doc)
-        return changed
+                structure.refile(seq, doc)
 
-    def delete(self, key: Key) -> None:
-        del self.docs[key]
-        seq = self._seq.pop(key)
-        del self._by_seq[seq]
+    def delete(self, seq: Seq) -> None:
+        doc = self.docs.pop(seq)
+        del self.ids[store_key(doc["_id"])]
         for structure in self._structures.values():
-            structure.discard(key, seq)
+            structure.discard(seq)
 
-    def duplicate(self, key: Key, doc: Mapping[str, Any], count_matching: Any,
+    def duplicate(self, seq: Seq, doc: Mapping[str, Any], count_matching: Any,
                   changed: set[str] | None = None) -> str | None:
-        """The name of a unique index the stored `doc` (filed under `key`) violates, if any;
+        """The name of a unique index the stored `doc` (number `seq`) violates, if any;
         with `changed`, only the indexes a change of those fields may break."""
         for unique in self._uniques:
             if changed is not None and unique.partial is None and unique.reads.isdisjoint(changed):
                 continue
-            if unique.violated(count_matching, key, doc):
+            if unique.violated(count_matching, seq, doc):
                 return unique.name
         return None
 
@@ -199,13 +206,14 @@ class Documents:
         now = utcnow()
         for ttl in self._ttls:
             while ttl.due and ttl.due[0][0] <= now:
-                self.delete(self._by_seq[ttl.due[0][1]])
+                self.delete(ttl.due[0][1])
 
     # -- indexing --
 
-    def in_order(self, keys: Iterable[Key]) -> list[Key]:
-        """Distinct `keys` in insertion order, the order of unsorted results."""
-        return sorted(set(keys), key=self._seq.__getitem__)
+    @staticmethod
+    def in_order(seqs: Iterable[Seq]) -> list[Seq]:
+        """Distinct document numbers in insertion order, the order of unsorted results."""
+        return sorted(set(seqs))
 
     # -- planning --
 
@@ -262,8 +270,7 @@ class Documents:
                 continue
             values = found[0]
             if field == "_id":
-                documents = self.docs
-                plans.append((len(values), functools.partial(_present, values, documents)))
+                plans.append((len(values), functools.partial(_present, values, self.ids)))
             elif field in self._hash:
                 hashed = self._hash[field]
                 plans.append((hashed.size(values), functools.partial(hashed.keys, values)))
@@ -281,28 +288,26 @@ class Documents:
                 i, j = index.window(part, rng)
                 if j > i:
                     windows.append((part, i, j))
-        by_seq = self._by_seq
-
-        def keys() -> Iterator[Key]:
+        def seqs() -> Iterator[Seq]:
             for part, i, j in windows:
                 for entry in part.islice(i, j):
-                    yield by_seq[entry[-1]]
+                    yield entry[-1]
 
-        return sum(j - i for _, i, j in windows), keys
+        return sum(j - i for _, i, j in windows), seqs
 
     def _best(self, spec: Any, with_sorted: bool = True) -> Plan | None:
         plans = self._plans(spec, with_sorted)
         return min(plans, key=lambda p: p[0]) if plans else None
 
-    def candidates(self, spec: Any) -> list[Key] | None:
-        """The keys of the documents that may match `spec`, in insertion order; None for all."""
+    def candidates(self, spec: Any) -> list[Seq] | None:
+        """The numbers of the documents that may match `spec`, in insertion order; None for all."""
         best = self._best(spec)
         if best is None or best[0] >= len(self.docs):
             return None
         return self.in_order(best[1]())
 
-    def ordered(self, spec: Any, sort: Any, skip: int) -> tuple[Iterator[Key], int] | None:
-        """Keys of candidates in the order of `sort` (ties in insertion order) from a sorted index,
+    def ordered(self, spec: Any, sort: Any, skip: int) -> tuple[Iterator[Seq], int] | None:
+        """Numbers of candidates in the order of `sort` (ties in insertion order) from a sorted index,
         and how many matches of `skip` were already passed over; None if no index serves."""
         if not isinstance(spec, dict):
             return None
@@ -335,8 +340,7 @@ class Documents:
                 i += skipped
             iterators.append(part.islice(i, j))
         merged = iterators[0] if len(iterators) == 1 else heapq.merge(*iterators)
-        by_seq = self._by_seq
-        return (by_seq[entry[-1]] for entry in merged), skipped
+        return (entry[-1] for entry in merged), skipped
 
     def exact_count(self, spec: Any) -> int | None:
         """The number of matches when an index answers `spec` exactly, else None."""
@@ -376,12 +380,17 @@ class Documents:
                 return None
             values.append((field, found[0][0]))
         for counts in self._groups:
-            if counts.field != group_id[1:] or set(counts.partition) != {f for f, _ in values}:
+            if counts.field != group_id[1:] or (values and set(counts.partition) != {f for f, _ in values}):
                 continue
             if counts.irregular:
                 return None
-            pkey = tuple(dict(values)[f] for f in counts.partition)
-            groups = counts.counts.get(pkey, {})
+            if values or not counts.partition:
+                groups = counts.counts.get(tuple(dict(values)[f] for f in counts.partition), {})
+            else:
+                groups = {}
+                for part in counts.counts.values():
+                    for group, n in part.items():
+                        groups[group] = groups.get(group, 0) + n
             if not all(g is None or isinstance(g, str) for g in groups):
                 return None
             ordered = sorted(groups.items(), key=lambda item: (item[0] is not None, item[0] or ""))
@@ -396,11 +405,11 @@ def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any], among: Iterab
     return {field for field in fields if old.get(field, _GONE) is not new.get(field, _GONE)}
 
 
-def _present(values: list[Any], documents: Mapping[Key, Any]) -> list[Key]:
-    return [v for v in values if v in documents]
+def _present(values: list[Any], ids: Mapping[Key, Seq]) -> list[Seq]:
+    return [ids[v] for v in values if v in ids]
 
 
-def _chain_plans(plans: list[Plan | None]) -> Iterator[Key]:
+def _chain_plans(plans: list[Plan | None]) -> Iterator[Seq]:
     for plan in plans:
         if plan is not None:
             yield from plan[1]()

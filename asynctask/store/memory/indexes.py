@@ -26,7 +26,11 @@ from sortedcontainers import SortedList
 
 from .values import HIGH, LOW, MISSING, Marker, descending, dotted, encoded, is_simple
 
-Key = Any  # a stored document's key: its `_id`, made hashable
+Key = Any  # a stored document's `_id`, made hashable
+#: A stored document's number, given at insertion: what every structure files it by (an int
+#: hashes and compares at C speed, where an `ObjectId` goes through Python on each set and dict
+#: operation), and its place in insertion order.
+Seq = int
 
 WILD = Marker("WILD")  # a value no hash bucket holds: the document is always a candidate
 IRREGULAR = Marker("IRREGULAR")  # a value a sorted or unique index cannot place
@@ -110,65 +114,65 @@ class Structure:
     filed under, so a document changed in place can be refiled."""
 
     def __init__(self, reads: Iterable[str] = ()) -> None:
-        self.tokens: dict[Key, Any] = {}
+        self.tokens: dict[Seq, Any] = {}
         #: The top-level fields the token is made of: a write that changes none of them
         #: leaves the document filed where it was.
         self.reads = frozenset(path.split(".")[0] for path in reads)
 
-    def token(self, doc: Mapping[str, Any], seq: int) -> Any:
+    def token(self, doc: Mapping[str, Any], seq: Seq) -> Any:
         raise NotImplementedError
 
-    def add(self, key: Key, seq: int, token: Any) -> None:
+    def add(self, seq: Seq, token: Any) -> None:
         raise NotImplementedError
 
-    def remove(self, key: Key, seq: int, token: Any) -> None:
+    def remove(self, seq: Seq, token: Any) -> None:
         raise NotImplementedError
 
-    def refile(self, key: Key, seq: int, doc: Mapping[str, Any]) -> None:
+    def refile(self, seq: Seq, doc: Mapping[str, Any]) -> None:
         new = self.token(doc, seq)
-        old = self.tokens.get(key, ABSENT)
+        old = self.tokens.get(seq, ABSENT)
         if old is not ABSENT:
             if type(old) is type(new) and old == new:
                 return
-            self.remove(key, seq, old)
-        self.add(key, seq, new)
-        self.tokens[key] = new
+            self.remove(seq, old)
+        self.add(seq, new)
+        self.tokens[seq] = new
 
-    def discard(self, key: Key, seq: int) -> None:
-        old = self.tokens.pop(key, ABSENT)
+    def discard(self, seq: Seq) -> None:
+        old = self.tokens.pop(seq, ABSENT)
         if old is not ABSENT:
-            self.remove(key, seq, old)
+            self.remove(seq, old)
 
 
 class HashIndex(Structure):
     def __init__(self, field: str) -> None:
         super().__init__([field])
         self.field = field
-        self.buckets: dict[Any, set[Key]] = {}
-        self.wild: set[Key] = set()
+        self.buckets: dict[Any, set[Seq]] = {}
+        self.wild: set[Seq] = set()
 
-    def token(self, doc: Mapping[str, Any], seq: int) -> Any:
+    def token(self, doc: Mapping[str, Any], seq: Seq) -> Any:
         return hash_key(doc.get(self.field))
 
-    def add(self, key: Key, seq: int, token: Any) -> None:
+    def add(self, seq: Seq, token: Any) -> None:
         if token is WILD:
-            self.wild.add(key)
+            self.wild.add(seq)
         else:
-            self.buckets.setdefault(token, set()).add(key)
+            self.buckets.setdefault(token, set()).add(seq)
 
-    def remove(self, key: Key, seq: int, token: Any) -> None:
+    def remove(self, seq: Seq, token: Any) -> None:
         if token is WILD:
-            self.wild.discard(key)
+            self.wild.discard(seq)
             return
         bucket = self.buckets[token]
-        bucket.discard(key)
+        bucket.discard(seq)
         if not bucket:
             del self.buckets[token]
 
     def size(self, values: list[Any]) -> int:
         return sum(len(self.buckets.get(v, ())) for v in values) + len(self.wild)
 
-    def keys(self, values: list[Any]) -> Iterator[Key]:
+    def keys(self, values: list[Any]) -> Iterator[Seq]:
         for value in values:
             yield from self.buckets.get(value, ())
         yield from self.wild
@@ -189,13 +193,13 @@ class SortedIndex(Structure):
         self.sparse = sparse
         self._only_at = partition.index(only[0]) if only else -1
         self.parts: dict[tuple[Any, ...], SortedList] = {}
-        self.irregular: set[Key] = set()
+        self.irregular: set[Seq] = set()
 
     def files(self, pkey: tuple[Any, ...]) -> bool:
         """Whether documents of partition `pkey` are kept here."""
         return self.only is None or pkey[self._only_at] in self.only[1]
 
-    def token(self, doc: Mapping[str, Any], seq: int) -> Any:
+    def token(self, doc: Mapping[str, Any], seq: Seq) -> Any:
         if self.only is not None:
             kept = hash_key(doc.get(self.only[0]))
             if kept is not WILD and kept not in self.only[1]:
@@ -219,9 +223,9 @@ class SortedIndex(Structure):
         entry.append(seq)
         return tuple(pkey), tuple(entry)
 
-    def add(self, key: Key, seq: int, token: Any) -> None:
+    def add(self, seq: Seq, token: Any) -> None:
         if token is IRREGULAR:
-            self.irregular.add(key)
+            self.irregular.add(seq)
             return
         if token is SKIP:
             return
@@ -231,9 +235,9 @@ class SortedIndex(Structure):
             part = self.parts[pkey] = SortedList()
         part.add(entry)
 
-    def remove(self, key: Key, seq: int, token: Any) -> None:
+    def remove(self, seq: Seq, token: Any) -> None:
         if token is IRREGULAR:
-            self.irregular.discard(key)
+            self.irregular.discard(seq)
             return
         if token is SKIP:
             return
@@ -266,10 +270,10 @@ class UniqueIndex(Structure):
         super().__init__(self.fields)
         self.sparse = bool(spec.get("sparse"))
         self.partial = spec.get("partialFilterExpression")
-        self.buckets: dict[tuple[Any, ...], set[Key]] = {}
-        self.irregular: set[Key] = set()
+        self.buckets: dict[tuple[Any, ...], set[Seq]] = {}
+        self.irregular: set[Seq] = set()
 
-    def token(self, doc: Mapping[str, Any], seq: int) -> Any:
+    def token(self, doc: Mapping[str, Any], seq: Seq) -> Any:
         if self.partial is not None:
             return IRREGULAR
         values = []
@@ -282,26 +286,26 @@ class UniqueIndex(Structure):
             return SKIP
         return tuple(values)
 
-    def add(self, key: Key, seq: int, token: Any) -> None:
+    def add(self, seq: Seq, token: Any) -> None:
         if token is IRREGULAR:
-            self.irregular.add(key)
+            self.irregular.add(seq)
         elif token is not SKIP:
-            self.buckets.setdefault(token, set()).add(key)
+            self.buckets.setdefault(token, set()).add(seq)
 
-    def remove(self, key: Key, seq: int, token: Any) -> None:
+    def remove(self, seq: Seq, token: Any) -> None:
         if token is IRREGULAR:
-            self.irregular.discard(key)
+            self.irregular.discard(seq)
         elif token is not SKIP:
             bucket = self.buckets[token]
-            bucket.discard(key)
+            bucket.discard(seq)
             if not bucket:
                 del self.buckets[token]
 
-    def violated(self, count_matching: Any, key: Key, doc: Mapping[str, Any]) -> bool:
+    def violated(self, count_matching: Any, seq: Seq, doc: Mapping[str, Any]) -> bool:
         """Whether another document holds the new document's key (taken as an equality query,
         so null and missing collide); `count_matching(query, keys)` counts matches among `keys`
         (None: every document) for what the buckets cannot answer."""
-        token = self.tokens.get(key, ABSENT)
+        token = self.tokens.get(seq, ABSENT)
         if token is SKIP:
             return False
         query: dict[str, Any] = {}
@@ -327,7 +331,7 @@ class TTLIndex(Structure):
         self.seconds = seconds
         self.due: SortedList = SortedList()
 
-    def token(self, doc: Mapping[str, Any], seq: int) -> Any:
+    def token(self, doc: Mapping[str, Any], seq: Seq) -> Any:
         value = _earliest(doc.get(self.field))
         if not isinstance(value, datetime) or value.tzinfo is not None or value == datetime.max:
             return None
@@ -336,11 +340,11 @@ class TTLIndex(Structure):
         except OverflowError:
             return None
 
-    def add(self, key: Key, seq: int, token: Any) -> None:
+    def add(self, seq: Seq, token: Any) -> None:
         if token is not None:
             self.due.add(token)
 
-    def remove(self, key: Key, seq: int, token: Any) -> None:
+    def remove(self, seq: Seq, token: Any) -> None:
         if token is not None:
             self.due.remove(token)
 
@@ -351,26 +355,26 @@ class GroupCounts(Structure):
         self.partition = partition
         self.field = field
         self.counts: dict[tuple[Any, ...], dict[Any, int]] = {}
-        self.irregular: set[Key] = set()
+        self.irregular: set[Seq] = set()
 
-    def token(self, doc: Mapping[str, Any], seq: int) -> Any:
+    def token(self, doc: Mapping[str, Any], seq: Seq) -> Any:
         group = hash_key(doc.get(self.field))
         pkey = tuple([hash_key(doc.get(f)) for f in self.partition])
         if group is WILD or WILD in pkey:
             return IRREGULAR
         return pkey, group
 
-    def add(self, key: Key, seq: int, token: Any) -> None:
+    def add(self, seq: Seq, token: Any) -> None:
         if token is IRREGULAR:
-            self.irregular.add(key)
+            self.irregular.add(seq)
             return
         pkey, group = token
         counts = self.counts.setdefault(pkey, {})
         counts[group] = counts.get(group, 0) + 1
 
-    def remove(self, key: Key, seq: int, token: Any) -> None:
+    def remove(self, seq: Seq, token: Any) -> None:
         if token is IRREGULAR:
-            self.irregular.discard(key)
+            self.irregular.discard(seq)
             return
         pkey, group = token
         counts = self.counts[pkey]
