@@ -166,24 +166,18 @@ class TaskStore:
         self.ensure_indexes()
         now = now or utcnow()
         due = max(run_at, now) if run_at is not None else now
-        query = {"task_id": task_id, "type": self.type, "$or": _claimable(now, rerun_after)}
         fields: dict[str, Any] = {
             "type": self.type, "params": dict(params), "params_text": _searchable(params),
             "priority": priority, "run_at": due,
             "queued_at": now, "update_time": now, "trace_id": trace_id, "retries": 0, "lost": 0, **(keys or {}),
         }
-        unset = set(_RESET_ON_SUBMIT)
-        update: dict[str, Any] = {"$set": fields, "$setOnInsert": {"created_at": now}}
-        if claim_for is not None and due <= now:
-            fields.update(claim_for, status=TaskStatus.RUNNING.value, started_at=now)
-            unset -= {*claim_for, "started_at"}
-            update["$inc"] = {"attempts": 1}
+        claimed = claim_for is not None and due <= now
+        if claimed:
+            fields.update(claim_for or {}, status=TaskStatus.RUNNING.value, started_at=now)
         else:
             fields["status"] = TaskStatus.QUEUED.value
-            update["$setOnInsert"]["attempts"] = 0
-        update["$unset"] = {name: "" for name in sorted(unset)}
         if not stored:
-            new = {**fields, "task_id": task_id, "created_at": now, "attempts": update.get("$inc", {}).get("attempts", 0)}
+            new = {**fields, "task_id": task_id, "created_at": now, "attempts": 1 if claimed else 0}
             try:
                 self._decisive.insert_one(new)
                 return new, True
@@ -193,6 +187,13 @@ class TaskStore:
                     if existing is not None:
                         return existing, False
                 # it exists: the run rule decides
+        query = {"task_id": task_id, "type": self.type, "$or": _claimable(now, rerun_after)}
+        update: dict[str, Any] = {"$set": fields, "$setOnInsert": {"created_at": now}}
+        if claimed:
+            update["$inc"] = {"attempts": 1}
+        else:
+            update["$setOnInsert"]["attempts"] = 0
+        update["$unset"] = {name: "" for name in _RESET_ON_SUBMIT if name not in fields}
         for _ in range(_SUBMIT_TRIES):
             try:
                 doc = self._decisive.find_one_and_update(
