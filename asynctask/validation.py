@@ -357,6 +357,8 @@ def check_keys(value: Any, where: str, depth: int = 0) -> None:
 
 def check_result(result: Any) -> None:
     """Raise `ResultNotStorable` unless `result` can be stored in MongoDB and sent as JSON."""
+    if result is None:
+        return
     try:
         size = len(bson.encode({"result": result}))
         json.dumps(jsonable(result), allow_nan=False)

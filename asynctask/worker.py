@@ -185,6 +185,8 @@ class Worker:
 
     def let_go(self, attempt: Attempt) -> None:
         """Stop heartbeating `attempt`'s task (its outcome is recorded, or could not be)."""
+        if attempt not in self._held:
+            return  # let go already (an attempt is held once, from its start)
         with self._cond:
             self._held.discard(attempt)
 

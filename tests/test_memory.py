@@ -649,3 +649,24 @@ def test_an_update_refused_for_its_form_leaves_the_same_paths_working() -> None:
         collection.update_one({"_id": 1}, {"$set": ["a"]})
     assert collection.update_one({"_id": 1}, {"$set": {"a": 5}}).modified_count == 1
     assert collection.find_one({"_id": 1}) == {"_id": 1, "a": 5}
+
+
+def test_a_moment_is_stored_as_naive_utc_to_the_millisecond_whatever_was_stored_before() -> None:
+    """The same instant given in two zones, naive and aware times with the same wall clock, and
+    a time stored already: each reads back as MongoDB keeps it (recent conversions are
+    remembered, which must never hand one time another's value)."""
+    collection = MemoryCollection()
+    aware = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone.utc)
+    elsewhere = aware.astimezone(timezone(timedelta(hours=5, minutes=30)))
+    naive = aware.replace(tzinfo=None)
+    expected = datetime(2024, 5, 6, 7, 8, 9, 123000)
+    collection.insert_one({"_id": 1, "a": aware, "b": elsewhere, "c": naive, "d": expected})
+    collection.insert_one({"_id": 2, "a": naive, "b": aware - timedelta(hours=5, minutes=30)})
+    first = collection.find_one({"_id": 1})
+    assert (first["a"], first["b"], first["c"], first["d"]) == (expected, expected, expected, expected)
+    assert all(value.tzinfo is None for value in first.values() if isinstance(value, datetime))
+    second = collection.find_one({"_id": 2})
+    assert second["a"] == expected
+    assert second["b"] == datetime(2024, 5, 6, 1, 38, 9, 123000)
+    collection.update_one({"_id": 2}, {"$set": {"c": first["a"]}})
+    assert collection.find_one({"_id": 2, "c": expected}) is not None

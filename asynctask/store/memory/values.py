@@ -54,11 +54,28 @@ def stored(value: Any) -> Any:
 
 
 def _stored_time(value: datetime) -> datetime:
-    """A datetime as BSON keeps it: naive UTC, to the millisecond."""
+    """A datetime as BSON keeps it: naive UTC, to the millisecond. One write often stores the
+    same moment in several fields (`now`), so the last few conversions are remembered."""
+    known = _TIMES.get(value)
+    if known is not None:
+        return known
     zone = value.tzinfo
+    if zone is None and value.microsecond % 1000 == 0:
+        return value  # stored already (read back from the store)
     if zone is not None and zone is not timezone.utc:
-        value = value - value.utcoffset()  # type: ignore[operator]
-    return value.replace(microsecond=value.microsecond // 1000 * 1000, tzinfo=None)
+        converted = value - value.utcoffset()  # type: ignore[operator]
+    else:
+        converted = value
+    converted = converted.replace(microsecond=converted.microsecond // 1000 * 1000, tzinfo=None)
+    if len(_TIMES) >= _TIMES_KEPT:
+        _TIMES.clear()
+    _TIMES[value] = converted  # (equal datetimes are the same instant: the same stored value)
+    return converted
+
+
+#: Recent conversions of `_stored_time`, by the datetime given.
+_TIMES: dict[datetime, datetime] = {}
+_TIMES_KEPT = 64
 
 
 def copied(value: Any) -> Any:
