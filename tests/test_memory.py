@@ -670,3 +670,32 @@ def test_a_moment_is_stored_as_naive_utc_to_the_millisecond_whatever_was_stored_
     assert second["b"] == datetime(2024, 5, 6, 1, 38, 9, 123000)
     collection.update_one({"_id": 2}, {"$set": {"c": first["a"]}})
     assert collection.find_one({"_id": 2, "c": expected}) is not None
+
+
+def test_the_list_orders_and_counts_answer_after_many_writes_between_reads() -> None:
+    """The list's orders, the time windows and the status counts are brought up to date only
+    when a read needs them: after a run of inserts, moves, deletes and an index created in
+    between, every such read answers as plain mongomock does."""
+    twin = Twin()
+    for n in range(120):
+        twin.call("insert_one", {"_id": n, "task_id": f"t{n}", "type": "a" if n % 3 else "b", "status": "queued",
+                                 "created_at": T0 + timedelta(seconds=n), "priority": n % 2, "run_at": T0})
+    for n in range(0, 120, 2):
+        twin.call("update_one", {"task_id": f"t{n}"},
+                  {"$set": {"status": "running", "started_at": T0 + timedelta(seconds=n)}})
+    for n in range(0, 120, 4):
+        twin.call("update_one", {"task_id": f"t{n}"},
+                  {"$set": {"status": "success", "finished_at": T0 + timedelta(seconds=2 * n)}})
+    twin.call("delete_many", {"task_id": {"$in": [f"t{n}" for n in range(0, 120, 5)]}})
+    twin.call("create_index", [("type", 1), ("finished_at", -1)], name="late")
+    twin.call("update_one", {"task_id": "t8"}, {"$set": {"status": "failed"}})
+    for type_ in ("a", "b"):
+        for status in ("queued", "running", "success", "failed"):
+            twin.cursor(lambda c, t=type_, s=status: c.find({"type": t, "status": s}, {"_id": 0, "task_id": 1})
+                        .sort([("created_at", -1), ("task_id", 1)]).skip(1).limit(7))
+        twin.call("aggregate", [{"$match": {"type": type_}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}],
+                  listing=True)
+        twin.call("count_documents", {"type": type_, "started_at": {"$gte": T0 + timedelta(seconds=30)}})
+        twin.call("find", {"type": type_, "finished_at": {"$lt": T0 + timedelta(seconds=100)}}, listing=True)
+    twin.call("aggregate", [{"$group": {"_id": "$status", "n": {"$sum": 1}}}], listing=True)
+    twin.same_contents()

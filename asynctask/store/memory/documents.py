@@ -78,6 +78,15 @@ class Documents:
         self._uniques: list[UniqueIndex] = []
         self._ttls: list[TTLIndex] = []
         self._groups: list[GroupCounts] = []
+        #: Filed at every write: what the claim, the finish and the unique check read.
+        self._eager: list[Structure] = []
+        #: Refiled only before a read consults them (`_freshen`): the list's orders, the time
+        #: windows and the status counts, which a task's writes would otherwise refile three
+        #: times for the few reads the dashboard makes.
+        self._lazy: list[Structure] = []
+        self._lazy_reads: frozenset[str] = frozenset()
+        #: The documents written since the lazy structures were last brought up to date.
+        self._stale: set[Seq] = set()
         self._counter = itertools.count()
         self._sync_structures()
 
@@ -124,6 +133,7 @@ class Documents:
 
     def _sync_structures(self) -> None:
         """Build the structures newly called for (one pass over the documents), drop the rest."""
+        self._freshen()
         structures = {}
         for spec, make in self._wanted().items():
             structure = self._structures.get(spec)
@@ -139,6 +149,9 @@ class Documents:
         self._groups = [s for s in structures.values() if isinstance(s, GroupCounts)]
         uniques = {s.name: s for s in structures.values() if isinstance(s, UniqueIndex)}
         self._uniques = [uniques[name] for name in self.index_specs if name in uniques]
+        self._lazy = [s for s in structures.values() if _is_lazy(s)]
+        self._eager = [s for s in structures.values() if not _is_lazy(s)]
+        self._lazy_reads = frozenset().union(*(s.reads for s in self._lazy))
 
     # -- indexes --
 
@@ -155,6 +168,7 @@ class Documents:
         self.docs.clear()
         self.ids.clear()
         self.index_specs.clear()
+        self._stale.clear()
         self._structures = {}
         self._sync_structures()
 
@@ -166,8 +180,10 @@ class Documents:
         seq = next(self._counter)
         self.docs[seq] = doc
         self.ids[key] = seq
-        for structure in self._structures.values():
+        for structure in self._eager:
             structure.refile(seq, doc)
+        if self._lazy:
+            self._stale.add(seq)
         return seq
 
     def put(self, seq: Seq, doc: dict[str, Any], changed: set[str] | None = None) -> None:
@@ -178,15 +194,29 @@ class Documents:
         self.docs[seq] = doc
         if changed is None:
             changed = changed_fields(old, doc)
-        for structure in self._structures.values():
+        for structure in self._eager:
             if not structure.reads.isdisjoint(changed):
                 structure.refile(seq, doc)
+        if not self._lazy_reads.isdisjoint(changed):
+            self._stale.add(seq)
 
     def delete(self, seq: Seq) -> None:
         doc = self.docs.pop(seq)
         del self.ids[store_key(doc["_id"])]
+        self._stale.discard(seq)
         for structure in self._structures.values():
             structure.discard(seq)
+
+    def _freshen(self) -> None:
+        """Refile the documents written since, in the lazy structures (each document once,
+        however many writes it had)."""
+        if self._stale:
+            docs = self.docs
+            for seq in self._stale:
+                doc = docs[seq]
+                for structure in self._lazy:
+                    structure.refile(seq, doc)
+            self._stale.clear()
 
     def duplicate(self, seq: Seq, doc: Mapping[str, Any], count_matching: Any,
                   changed: set[str] | None = None) -> str | None:
@@ -221,7 +251,10 @@ class Documents:
                         ) -> Iterator[tuple[SortedIndex, list[tuple[Any, ...]], Any, bool]]:
         """Sorted indexes (of `indexes`, else all) whose partition the filter pins: (index,
         partitions, range, exact)."""
-        for index in self._sorted if indexes is None else indexes:
+        indexes = self._sorted if indexes is None else list(indexes)
+        if self._stale and any(_is_lazy(index) for index in indexes):
+            self._freshen()
+        for index in indexes:
             if index.irregular or not all(field in spec for field in index.partition):
                 continue
             values = []
@@ -379,6 +412,7 @@ class Documents:
             if found is None or not found[1] or len(found[0]) != 1:
                 return None
             values.append((field, found[0][0]))
+        self._freshen()
         for counts in self._groups:
             if counts.field != group_id[1:] or (values and set(counts.partition) != {f for f, _ in values}):
                 continue
@@ -396,6 +430,12 @@ class Documents:
             ordered = sorted(groups.items(), key=lambda item: (item[0] is not None, item[0] or ""))
             return [{name: n, "_id": g} for g, n in ordered]
         return None
+
+
+def _is_lazy(structure: Structure) -> bool:
+    """Whether a structure is brought up to date only when read: the sorted indexes that keep
+    every status (the queued-only claim and due orders stay eager) and the status counts."""
+    return isinstance(structure, GroupCounts) or (isinstance(structure, SortedIndex) and structure.only is None)
 
 
 def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any], among: Iterable[str] | None = None) -> set[str]:
