@@ -251,11 +251,12 @@ class Documents:
                         ) -> Iterator[tuple[SortedIndex, list[tuple[Any, ...]], Any, bool]]:
         """Sorted indexes (of `indexes`, else all) whose partition the filter pins: (index,
         partitions, range, exact)."""
-        indexes = self._sorted if indexes is None else list(indexes)
-        if self._stale and any(_is_lazy(index) for index in indexes):
-            self._freshen()
-        for index in indexes:
-            if index.irregular or not all(field in spec for field in index.partition):
+        for index in self._sorted if indexes is None else indexes:
+            if not all(field in spec for field in index.partition):
+                continue
+            if self._stale and _is_lazy(index):
+                self._freshen()  # (only for a query this index might serve)
+            if index.irregular:
                 continue
             values = []
             exact = True
