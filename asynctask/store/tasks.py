@@ -171,11 +171,11 @@ class TaskStore:
             "priority": priority, "run_at": due,
             "queued_at": now, "update_time": now, "trace_id": trace_id, "retries": 0, "lost": 0, **(keys or {}),
         }
-        claimed = claim_for is not None and due <= now
-        if claimed:
-            fields.update(claim_for or {}, status=TaskStatus.RUNNING.value, started_at=now)
+        if claim_for is not None and due <= now:
+            fields.update(claim_for, status=TaskStatus.RUNNING.value, started_at=now)
         else:
             fields["status"] = TaskStatus.QUEUED.value
+        claimed = fields["status"] == TaskStatus.RUNNING.value
         if not stored:
             new = {**fields, "task_id": task_id, "created_at": now, "attempts": 1 if claimed else 0}
             try:

@@ -307,7 +307,7 @@ class Documents:
                 plans.append((len(values), functools.partial(_present, values, self.ids)))
             elif field in self._hash:
                 hashed = self._hash[field]
-                plans.append((hashed.size(values), functools.partial(hashed.keys, values)))
+                plans.append((hashed.size(values), functools.partial(hashed.seqs, values)))
         if not with_sorted or (plans and min(p[0] for p in plans) <= 1):
             return plans  # (with one candidate at most, no range can do better)
         for index, pkeys, rng, _ in self._sorted_choices(spec):

@@ -172,7 +172,7 @@ class HashIndex(Structure):
     def size(self, values: list[Any]) -> int:
         return sum(len(self.buckets.get(v, ())) for v in values) + len(self.wild)
 
-    def keys(self, values: list[Any]) -> Iterator[Seq]:
+    def seqs(self, values: list[Any]) -> Iterator[Seq]:
         for value in values:
             yield from self.buckets.get(value, ())
         yield from self.wild
@@ -203,15 +203,13 @@ class SortedIndex(Structure):
         if self.only is not None:
             kept = hash_key(doc.get(self.only[0]))
             if kept is not WILD and kept not in self.only[1]:
-                return SKIP  # (most writes move a task out of the queued-only orders: decided first)
+                return SKIP  # not kept here (decided before the partition: most writes move a task out)
         pkey = []
         for field in self.partition:
             value = hash_key(doc.get(field))
             if value is WILD:
                 return IRREGULAR
             pkey.append(value)
-        if self.only is not None and pkey[self._only_at] not in self.only[1]:
-            return SKIP
         if self.sparse and doc.get(self.order[0][0]) is None:
             return SKIP
         entry: list[Any] = []
