@@ -8,7 +8,9 @@ store calls asynctask makes for each task, in ms per task:
 The same calls on plain mongomock (what `MemoryCollection` was before its indexes) are the
 baseline, at 500 and 5,000 stored tasks only: mongomock scans the collection on every call.
 Then, if `AsyncTask` runs, no-op tasks through `run()` to success on a collection already
-holding that many finished tasks.
+holding that many finished tasks, beside the same tasks through the original tool's calls and
+through the floor: the three store calls and the log file the contract needs per task, with
+nothing around them (see `library_figures`).
 
 Run from the repository root:
 
@@ -43,7 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import mongomock  # noqa: E402
 from pymongo import ASCENDING, DESCENDING, ReturnDocument  # noqa: E402
 
+from asynctask.logs import opened, task_logger  # noqa: E402
 from asynctask.store.memory import MemoryCollection  # noqa: E402
+from asynctask.store.tasks import TaskStore  # noqa: E402
 
 SIZES = (500, 5_000, 50_000)
 BASELINE_SIZES = (500, 5_000)
@@ -162,9 +166,14 @@ def store_figures(name: str, make: Callable[[], Any], sizes: tuple[int, ...], ta
 
 def library_figures(sizes: tuple[int, ...], tasks: int, threads: int, rounds: int = 3) -> None:
     """No-op tasks to success, side by side on one store holding `size` finished tasks:
-    AsyncTask's `run()`, a bare `ThreadPoolExecutor` making the same two store writes per task
-    (the floor), and the original tool's work per task (a `find_one`, an upsert, an update by
-    task_id and a rotating log file). Medians of interleaved rounds, ms per task."""
+    - AsyncTask's `run()`;
+    - the floor: only what the contract needs per task, in a bare `ThreadPoolExecutor` with
+      nothing around it: the store layer's submit (a queued task), claim and fenced finish, and
+      the task's log file with one line;
+    - a bare pool making two of those writes (submit as running, finish), without claim or log;
+    - the original tool's work per task (a `find_one`, an upsert, an update by task_id and a
+      rotating log file).
+    Medians of interleaved rounds, ms per task."""
     from concurrent.futures import ThreadPoolExecutor
     from logging.handlers import RotatingFileHandler
 
@@ -190,6 +199,27 @@ def library_figures(sizes: tuple[int, ...], tasks: int, threads: int, rounds: in
         wait_done(collection, ids)
         task.shutdown()
 
+    def floor_round(collection: Any, log_dir: str, ids: list[str]) -> None:
+        store = TaskStore(collection, "NoOp")
+        claim_for = store.claim_fields("floor-owner", "floor-worker")
+
+        def one(_: str) -> None:
+            doc = store.claim(claim_for)
+            if doc is None:
+                raise RuntimeError("the floor's claim found no due task")
+            with opened(task_logger(doc["task_id"]), Path(log_dir), doc["task_id"], doc["trace_id"]) as log:
+                log.info("task succeeded")
+            store.finish(doc["task_id"], "success", attempt=doc["attempts"])
+
+        with ThreadPoolExecutor(threads) as pool:
+            done = []
+            for task_id in ids:
+                store.submit(task_id, {"i": task_id}, trace_id="0" * 32)
+                done.append(pool.submit(one, task_id))
+        for future in done:
+            future.result()  # a failed claim or write is raised here, not waited out
+        wait_done(collection, ids)  # (returns at once; the other kinds end the same way)
+
     def bare_round(collection: Any, log_dir: str, ids: list[str]) -> None:
         def one(task_id: str) -> None:
             finish(collection, insert(collection, task_id, status="running"))
@@ -212,12 +242,13 @@ def library_figures(sizes: tuple[int, ...], tasks: int, threads: int, rounds: in
                 pool.submit(work, task_id)
         wait_done(collection, ids)
 
-    kinds = {"asynctask": asynctask_round, "bare pool": bare_round, "original": original_round}
+    kinds = {"asynctask": asynctask_round, "floor": floor_round, "bare pool": bare_round,
+             "original": original_round}
     print(f"Side by side ({tasks} no-op tasks, {threads} threads, median of {rounds} interleaved rounds;"
           " ms per task, submit to success; asynctask's store calls per task and open descriptors"
           " after its rounds minus before)")
     print(f"  {'stored':>8}  " + "  ".join(f"{k:>10}" for k in kinds)
-          + "   vs bare   vs original   calls/task   fds")
+          + "   vs floor   floor vs original   vs original   calls/task   fds")
     with tempfile.TemporaryDirectory(prefix="asynctask-bench-") as log_dir:
         for size in sizes:
             collection = MemoryCollection()
@@ -238,7 +269,8 @@ def library_figures(sizes: tuple[int, ...], tasks: int, threads: int, rounds: in
                 asynctask_round(collection, log_dir, [f"count-{size}-{i}" for i in range(tasks)])
             med = {k: statistics.median(v) for k, v in times.items()}
             print(f"  {size:>8,}  " + "  ".join(f"{med[k]:10.3f}" for k in kinds)
-                  + f"   {med['asynctask'] / med['bare pool']:6.2f}x  {med['asynctask'] / med['original']:8.2f}x"
+                  + f"   {med['asynctask'] / med['floor']:7.2f}x   {med['floor'] / med['original']:16.2f}x"
+                  + f"   {med['asynctask'] / med['original']:10.2f}x"
                   + f"   {sum(calls.values()) / tasks:10.2f}   {fds:+d}")
             print(f"  {'':>8}  (calls: " + ", ".join(f"{k} {v / tasks:.2f}" for k, v in calls.most_common()) + ")")
 
