@@ -266,8 +266,9 @@ class AsyncTask:
         return uuid.uuid4().hex
 
     def retrieve(self, task_id: str) -> dict[str, Any] | None:
-        """The public view of the task, or None if no task of this type has that id."""
-        return self._store.public(task_id)
+        """The public view of the task, or None if no task of this type has that id; an invalid
+        id is an `InvalidTaskId` (a `ValueError`), refused before it reaches the database."""
+        return self._store.public(check_task_id(task_id))
 
     def get_logger(self, task_id: str) -> logging.Logger:
         """The task's logger, named `task_id`; its file is open while an attempt runs."""
@@ -283,6 +284,7 @@ class AsyncTask:
         error = future.exception() if not future.cancelled() else CancelledError()
         if current_attempt(task_id) is not None:
             return None if error is not None else future.result()
+        check_task_id(task_id)  # called by hand: nothing is written under an invalid id
         if error is None:
             result = future.result()
             try:
@@ -360,7 +362,7 @@ class AsyncTask:
 
     def wait(self, task_id: str, timeout: float) -> dict[str, Any] | None:
         """The task's view as soon as it has finished, or after `timeout` seconds as it is then."""
-        view = self.retrieve(task_id)
+        view = self.retrieve(check_task_id(task_id))
         if view is None or view.get("status") in FINISHED or timeout <= 0:
             return view
         # Woken at once by a task of this process; one read per interval watches the others.

@@ -234,6 +234,23 @@ def test_run_with_unknown_task_id_is_not_found(make_task):
         task.run(task_id="../x")
 
 
+def test_an_invalid_id_is_refused_before_the_database_by_every_method(make_task, tmp_path):
+    task = make_task(Echo)
+    done: Future = Future()
+    done.set_result(1)
+    for bad in ["../x", "a/b", "..", "x" * 129]:
+        with pytest.raises(InvalidTaskId):
+            task.retrieve(bad)
+        with pytest.raises(InvalidTaskId):
+            task.wait(bad, 0.1)
+        with pytest.raises(InvalidTaskId):
+            task.callback(done, bad)
+        with pytest.raises(InvalidTaskId):
+            task.cancel(bad)
+    assert task.collection.count_documents({}) == 0
+    assert list((tmp_path / "logs").iterdir()) == []
+
+
 def test_run_with_task_id_refuses_other_params(make_task, wait_for):
     task = make_task(Echo)
     task_id = task.run(value=1)
