@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,9 @@ def test_a_claimed_task_is_fenced_by_its_attempt(service):
     task_id = task.submit({"n": 7})
     claimed = client.post("/api/worker/claim", json={"worker": me()}, headers=as_worker()).get_json()["data"]["task"]
     assert (claimed["task_id"], claimed["attempt"], claimed["params"]) == (task_id, 1, {"n": 7})
+    deadline = datetime.fromisoformat(claimed["deadline"])
+    ahead = deadline - datetime.now(timezone.utc)
+    assert timedelta(0) < ahead <= task.task_timeout and claimed["timeout"] == task.task_timeout.total_seconds()
     assert task.retrieve(task_id)["worker"] == "lab-pc:42"
     beat = {"worker": {**me(), "slots": 2, "running": 1, "started_at": "2026-01-01T00:00:00+00:00"},
             "task_ids": [task_id]}

@@ -583,6 +583,19 @@ def test_http_refuses_bad_changes_and_bodies(client):
     assert client.get("/api/schedules/has%20space").status_code == 400
 
 
+def test_http_actions_take_a_post_with_no_body(client):
+    """pause, resume and trigger need no body: a bare POST is taken; an empty form post is not."""
+    empty_form = client.post("/api/schedules/nightly/pause", content_type="application/x-www-form-urlencoded")
+    assert empty_form.status_code == 415
+    assert client.get("/api/schedules/nightly").get_json()["data"]["enabled"] is True
+    assert client.post("/api/schedules/nightly/pause").status_code == 200
+    assert client.get("/api/schedules/nightly").get_json()["data"]["enabled"] is False
+    assert client.post("/api/schedules/nightly/resume").status_code == 200
+    assert client.get("/api/schedules/nightly").get_json()["data"]["enabled"] is True
+    triggered = client.post("/api/schedules/nightly/trigger")
+    assert triggered.status_code == 202 and triggered.get_json()["data"]["task_id"]
+
+
 def test_http_schedules_need_the_api_token(make_task, memory):
     task = make_task(Report, memory, worker=False, api_token=TOKEN)
     client = task.app("/api").test_client()

@@ -593,6 +593,15 @@ def test_a_post_that_is_not_json_is_415_so_no_web_form_can_submit(serve, content
     envelope(client.post("/api", data=raw, content_type="application/json; charset=utf-8"), 202)
 
 
+def test_a_post_with_no_body_is_400_not_json_and_changes_nothing(serve):
+    task, client = serve()
+    body = envelope(client.post("/api"), 400)
+    assert "JSON" in body["error_msg"]
+    assert_nothing_changed(task)
+    envelope(client.post("/api", content_type="application/x-www-form-urlencoded"), 415)  # an empty form
+    assert_nothing_changed(task)
+
+
 def test_delete_with_a_body_that_is_not_json_is_415_and_without_a_body_is_taken(serve, wait_for):
     task, client = serve(Gate)
     task_id = envelope(client.post("/api", json={"data": {"name": "held"}}), 202)["data"]["task_id"]

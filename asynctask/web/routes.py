@@ -107,9 +107,11 @@ def create_blueprint(task: AsyncTask, endpoint: str = "/api", name: str | None =
         with contextlib.suppress(AttributeError):  # Flask < 3.1: the Content-Length check above does
             request.max_content_length = task.max_content_length
         # Only a JSON body is read, and a browser sends one cross-site only after a CORS
-        # preflight: no web page can submit a task with a plain form post.
+        # preflight: no web page can submit a task with a plain form post. A form always
+        # declares its type, even empty; a POST with neither body nor type (pause, trigger) is taken.
         with_body = bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
-        if (request.method in ("POST", "PUT", "PATCH") or (request.method == "DELETE" and with_body)) \
+        writes = request.method in ("POST", "PUT", "PATCH")
+        if ((writes and (with_body or request.mimetype)) or (request.method == "DELETE" and with_body)) \
                 and request.mimetype != "application/json":
             raise UnsupportedMediaType(
                 f"Content-Type must be application/json, not {request.mimetype or 'none'!r}"

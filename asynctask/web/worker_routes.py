@@ -10,7 +10,7 @@ API token opens none of them, and the worker token none of the API's routes.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, abort, g, request
@@ -68,6 +68,8 @@ def create_worker_blueprint(task: AsyncTask, endpoint: str) -> Blueprint:
             "task_id": attempt.task_id, "attempt": attempt.number, "params": attempt.params,
             "trace_id": attempt.trace_id, "retries": attempt.retries,
             "timeout": task.task_timeout.total_seconds(),
+            # The service's view of when the attempt times out; the worker counts `timeout` itself.
+            "deadline": (datetime.now(timezone.utc) + task.task_timeout).isoformat(),
         }})
 
     @blueprint.post(f"{base}/worker/heartbeat")
