@@ -293,7 +293,7 @@ class Twin:
 
     def __init__(self, indexes: bool = True) -> None:
         self.fast = MemoryCollection()
-        self.plain = mongomock.MongoClient().get_database("asynctask").get_collection("tasks")
+        self.plain = mongomock.MongoClient(tz_aware=True).get_database("asynctask").get_collection("tasks")
         if indexes:
             _indexes(self.fast)
             _indexes(self.plain)
@@ -651,25 +651,29 @@ def test_an_update_refused_for_its_form_leaves_the_same_paths_working() -> None:
     assert collection.find_one({"_id": 1}) == {"_id": 1, "a": 5}
 
 
-def test_a_moment_is_stored_as_naive_utc_to_the_millisecond_whatever_was_stored_before() -> None:
+def test_a_moment_is_stored_as_utc_to_the_millisecond_and_read_back_aware() -> None:
     """The same instant given in two zones, naive and aware times with the same wall clock, and
-    a time stored already: each reads back as MongoDB keeps it (recent conversions are
-    remembered, which must never hand one time another's value)."""
+    a time read back already: each is stored as MongoDB keeps it (UTC, to the millisecond) and
+    reads back as an aware UTC datetime, as a `tz_aware=True` client reads it (recent
+    conversions are remembered, which must never hand one time another's value)."""
     collection = MemoryCollection()
     aware = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone.utc)
     elsewhere = aware.astimezone(timezone(timedelta(hours=5, minutes=30)))
     naive = aware.replace(tzinfo=None)
-    expected = datetime(2024, 5, 6, 7, 8, 9, 123000)
+    expected = datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=timezone.utc)
     collection.insert_one({"_id": 1, "a": aware, "b": elsewhere, "c": naive, "d": expected})
     collection.insert_one({"_id": 2, "a": naive, "b": aware - timedelta(hours=5, minutes=30)})
     first = collection.find_one({"_id": 1})
     assert (first["a"], first["b"], first["c"], first["d"]) == (expected, expected, expected, expected)
-    assert all(value.tzinfo is None for value in first.values() if isinstance(value, datetime))
+    assert all(value.tzinfo is timezone.utc for value in first.values() if isinstance(value, datetime))
     second = collection.find_one({"_id": 2})
     assert second["a"] == expected
-    assert second["b"] == datetime(2024, 5, 6, 1, 38, 9, 123000)
+    assert second["b"] == datetime(2024, 5, 6, 1, 38, 9, 123000, tzinfo=timezone.utc)
     collection.update_one({"_id": 2}, {"$set": {"c": first["a"]}})
     assert collection.find_one({"_id": 2, "c": expected}) is not None
+    assert collection.find_one({"_id": 2, "c": expected.replace(tzinfo=None)}) is not None  # naive means UTC
+    nested = collection.find_one_and_update({"_id": 2}, {"$set": {"n": {"at": [naive]}}}, return_document=True)
+    assert nested["n"]["at"][0] == expected and nested["n"]["at"][0].tzinfo is timezone.utc
 
 
 def test_the_list_orders_and_counts_answer_after_many_writes_between_reads() -> None:

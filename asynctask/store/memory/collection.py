@@ -168,7 +168,7 @@ class MemoryCollection:
         docs = list(self.find(match if isinstance(match, dict) else None))
         import mongomock  # only here: the stages this store does not implement
 
-        scratch: Any = mongomock.MongoClient().get_database(self.database.name).get_collection(self.name)
+        scratch: Any = mongomock.MongoClient(tz_aware=True).get_database(self.database.name).get_collection(self.name)
         if docs:
             scratch.insert_many(docs)
         return iter(list(scratch.aggregate(stages)))

@@ -1,6 +1,6 @@
 """Values as the embedded store keeps them: written once, normalised as MongoDB stores them
-(naive UTC datetimes at millisecond precision, tuples as lists), and copied on the way out so
-that no caller holds a reference into the store."""
+(UTC datetimes at millisecond precision, kept naive; tuples as lists), and copied on the way
+out, datetimes made aware UTC, so that no caller holds a reference into the store."""
 
 from __future__ import annotations
 
@@ -79,11 +79,15 @@ _TIMES_KEPT = 64
 
 
 def copied(value: Any) -> Any:
-    """A copy of a stored value that shares nothing mutable with the store."""
-    if isinstance(value, dict):
-        return {key: copied(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [copied(item) for item in value]
+    """A copy of a stored value that shares nothing mutable with the store, its datetimes
+    aware UTC (as pymongo reads them with `tz_aware=True`, as asynctask's own client does)."""
+    kind = type(value)
+    if kind is dict:
+        return {key: item if type(item) in _ATOM_TYPES else copied(item) for key, item in value.items()}
+    if kind is datetime:
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+    if kind is list:
+        return [item if type(item) in _ATOM_TYPES else copied(item) for item in value]
     return value
 
 
