@@ -1,6 +1,7 @@
 """Recovery of one task type: orphans back to the queue, dead workers forgotten, stuck
 concurrency slots and per-key shares freed. Run from a worker's loop each heartbeat interval,
-and done only by the process that holds the type's sweep lease (one sweeper, not one per process).
+and done only by the process that holds the type's sweep lease (one sweeper, not one per process);
+the others only watch the running tasks' counters, to take over without starting the count again.
 
 Silence is judged by `liveness.Silence` (counters that stopped changing, timed on this
 process's monotonic clock while it was in touch with the database), so neither a skewed clock
@@ -51,7 +52,7 @@ class Sweeper:
         except PyMongoError:
             held = False
         if not held:
-            self._forget()
+            self._watch()
             return
         for step in (self._orphans, self._dead_workers, self._stuck_slots, self._stuck_shares):
             try:
@@ -69,6 +70,22 @@ class Sweeper:
             self.lease.give_up()
         except PyMongoError as exc:
             logger.warning("%s: could not hand back the sweep lease: %s", self.store.type, exc)
+
+    def _watch(self) -> None:
+        """Not the sweeper: time the running tasks' counters all the same, so that a process
+        taking the lease over from a dead holder judges its orphans on what it has already
+        seen, within `stale_after` of their silence rather than after one more."""
+        self._entries.forget()
+        self._claims.forget()
+        self._shares.forget()
+        clock = self._tasks.clock
+        started = clock()
+        try:
+            beats = self.store.running_beats()
+        except PyMongoError:
+            self._tasks.forget()
+            return
+        self._tasks.observe(beats, started, clock())
 
     def _forget(self) -> None:
         for silence in (self._tasks, self._entries, self._claims, self._shares):

@@ -90,6 +90,32 @@ def test_an_orphan_waits_in_the_queue_until_a_slot_is_free(make_task, wait_for, 
     assert wait_for(task, "waiting")["status"] == "success"
 
 
+def test_taking_over_the_sweep_from_a_dead_holder_costs_its_orphans_no_second_stale_after(make_task, memory):
+    """The process that held the sweep lease dies with its task: the next one takes the lease
+    over after stale_after, and requeues the task at once, having timed its counter all along."""
+    task = make_task(Echo, memory, heartbeat_interval=60, poll_interval=60, worker=False)
+    clock = FakeClock()
+    stale, interval = 3.0, 1.0
+
+    def sweeper(owner):
+        return Sweeper(task._store, task._workers, None, owner=owner, stale_after=stale, interval=interval,
+                       max_attempts=3, on_finished=lambda *_: None, on_requeued=lambda: None, clock=clock)
+
+    dead, survivor = sweeper("dead"), sweeper("survivor")
+    dead.sweep()
+    assert dead.lease.held
+    orphan(memory, "orphan", {"value": 1})  # its worker (the dead process) beats no more
+    requeued_after = None
+    for step in range(int(4 * stale / interval)):
+        survivor.sweep()
+        if memory.find_one({"task_id": "orphan"})["status"] == "queued":
+            requeued_after = step * interval
+            break
+        clock.now += interval
+    assert survivor.lease.held
+    assert requeued_after is not None and stale <= requeued_after < stale + 2 * interval, requeued_after
+
+
 def test_concurrent_sweepers_requeue_each_orphan_once(make_task, wait_for, memory):
     for i in range(10):
         orphan(memory, f"o{i}", {"value": i})
