@@ -256,6 +256,29 @@ def test_tasks_stored_by_0_1_are_adopted(make_task, wait_for, memory):
     assert task.migrate() == 0
 
 
+def test_tasks_stored_by_0_1_are_visible_and_re_runnable_at_the_first_call(make_task, wait_for, memory):
+    """No `migrate()`, no worker started: the first read, list or re-run adopts them."""
+    now = utcnow()
+    memory.insert_one({"task_id": "old-failed", "status": "failed", "params": {"value": 2}, "attempts": 1,
+                       "error": "boom", "created_at": now, "update_time": now})
+    memory.insert_one({"task_id": "old-done", "status": "success", "params": {"value": 3}, "result": 3,
+                       "attempts": 1, "created_at": now, "update_time": now})
+    api_only = make_task(Echo, memory, worker=False)
+    client = api_only.app("/api").test_client()
+    assert client.get("/api/old-done").get_json()["data"]["result"] == 3
+    assert client.get("/api").get_json()["data"]["total"] == 2
+    for first_call in ("retrieve", "run"):
+        other = MemoryCollection()
+        other.insert_one({"task_id": "old-failed", "status": "failed", "params": {"value": 2}, "attempts": 1,
+                          "created_at": now, "update_time": now})
+        task = make_task(Echo, other, poll_interval=0.05)
+        if first_call == "retrieve":
+            assert task.retrieve("old-failed")["status"] == "failed"
+        else:
+            assert task.run(task_id="old-failed") == "old-failed"
+            assert wait_for(task, "old-failed")["result"] == 2
+
+
 class Big(AsyncTask):
     """Returns twice the text it was given: params and result together pass 16 MiB."""
 

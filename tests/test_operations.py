@@ -342,13 +342,17 @@ def test_after_the_log_rotated_an_offset_past_the_new_file_starts_over(make_task
     assert int(again.headers["X-Log-Offset"]) == len(current)
 
 
-def test_the_log_of_an_unknown_task_or_a_task_without_log_is_a_404(make_task):
+def test_the_log_of_an_unknown_task_is_a_404_and_of_a_task_without_log_empty(make_task):
     task = make_task(Quick)
     client = task.app("/api").test_client()
     task.update_task("no-log-yet", {"status": "pending"})
 
-    assert "no-log-yet" in envelope(client.get("/api/no-log-yet/log"), 404)["error_msg"]
-    envelope(client.get("/api/never-heard-of/log"), 404)
+    for offset in ("", "?offset=120"):
+        empty = client.get(f"/api/no-log-yet/log{offset}")
+        assert (empty.status_code, empty.data, empty.headers["X-Log-Offset"]) == (200, b"", "0")
+        assert empty.mimetype == "text/plain"
+    assert "never-heard-of" in envelope(client.get("/api/never-heard-of/log"), 404)["error_msg"]
+    assert not (task.logger_dir / "no-log-yet.log").exists(), "reading creates no file"
 
 
 @pytest.mark.parametrize("path", ["/api/bad!id/log", "/api/%2E%2E/log", "/api/ok/log?offset=-1", "/api/ok/log?offset=x"])
@@ -613,6 +617,46 @@ def test_healthz_is_200_when_the_database_answers_and_503_when_it_does_not(make_
 
     collection.broken = False
     envelope(client.get("/healthz"), 200)
+
+
+@pytest.mark.timeout(60)
+def test_healthz_answers_503_promptly_when_the_database_stalls_or_is_gone(tmp_path):
+    """A stalled database (its process stopped) and a closed port: each a 503 within seconds,
+    not pymongo's 30 s server selection or a read that waits for ever."""
+    import signal
+    import subprocess
+    import sys
+
+    from mongo_wire import _read_port, _stop
+    from pymongo import MongoClient
+
+    server = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "mongo_wire.py"),
+                               "--port", "0", "--watch-stdin"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    clients: list[MongoClient] = []
+    try:
+        port = _read_port(server, 10)
+        for uri in (f"mongodb://127.0.0.1:{port}/?directConnection=true", "mongodb://127.0.0.1:9/"):
+            clients.append(MongoClient(uri, tz_aware=True, connect=False))
+        stalling, gone = (Quick(client.asynctask_test.healthz, tmp_path / "logs", worker=False) for client in clients)
+        stalling_client = stalling.app("/api").test_client()
+        envelope(stalling_client.get("/healthz"), 200)
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            envelope(stalling_client.get("/healthz"), 503)
+            assert time.monotonic() - started < 20
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        envelope(stalling_client.get("/healthz"), 200)
+        started = time.monotonic()
+        envelope(gone.app("/api").test_client().get("/healthz"), 503)
+        assert time.monotonic() - started < 20
+        for task in (stalling, gone):
+            task.shutdown()
+    finally:
+        for client in clients:
+            client.close()
+        _stop(server)
 
 
 # == several task types in one app =================================================================

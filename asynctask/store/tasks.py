@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pymongo
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
@@ -64,6 +65,8 @@ _CANCELLED_IN_QUEUE = {"attempts": 1}
 _SEARCHABLE_CHARS = 4096
 #: How often a submission that lost a race on its id tries again while the task stays re-runnable.
 _SUBMIT_TRIES = 8
+#: How long the health check waits for the database (seconds; a probe's own timeout is short).
+PING_TIMEOUT = 2.0
 
 
 def utcnow() -> datetime:
@@ -91,7 +94,8 @@ class TaskStore:
         return majority(self.collection) if self._mongodb else self.collection
 
     def ensure_indexes(self) -> None:
-        """Create the indexes (idempotent; once per store object)."""
+        """Create the indexes and adopt 0.1's tasks (idempotent; once per store object, at its
+        first read or write, never at construction: no client is made before a fork)."""
         if self._indexed:
             return
         create = self.collection.create_index
@@ -264,6 +268,7 @@ class TaskStore:
 
     def stored_params(self, task_id: str) -> dict[str, Any]:
         """The params a stored task was submitted with; `TaskNotFound` if there is no task."""
+        self.ensure_indexes()  # (which adopts 0.1's tasks: they are re-runnable at once)
         doc = self.collection.find_one({"task_id": task_id, "type": self.type}, {"_id": 0, "params": 1})
         if doc is None:
             raise TaskNotFound(f"task {task_id!r} not found")
@@ -409,7 +414,7 @@ class TaskStore:
 
     def running_beats(self) -> dict[tuple[str, int], int | None]:
         """The heartbeat counter of each running task of this type, by (task id, attempt);
-        served by the (type, status) prefix of the `orphans` index."""
+        served by the `running` partial index (running tasks only, by type)."""
         cursor = self.collection.find(
             {"type": self.type, "status": TaskStatus.RUNNING.value}, {"_id": 0, "task_id": 1, "attempts": 1, "beats": 1}
         )
@@ -441,6 +446,7 @@ class TaskStore:
         `cancelled`). A task that moved between the two writes is tried again. Raises
         `TaskNotFound` for an unknown task, `InvalidTransition` for a finished one.
         """
+        self.ensure_indexes()
         now = now or utcnow()
         for _ in range(_SUBMIT_TRIES):
             if self.transition(
@@ -464,6 +470,7 @@ class TaskStore:
     def bulk(self, action: str, *, status: str | None = None, task_ids: list[str] | None = None,
              now: datetime | None = None) -> dict[str, int]:
         """Retry the finished tasks, or cancel the unfinished ones, that `status`/`task_ids` select."""
+        self.ensure_indexes()
         now = now or utcnow()
         selected: dict[str, Any] = {"type": self.type}
         if status is not None:
@@ -555,6 +562,7 @@ class TaskStore:
 
     def public(self, task_id: str) -> dict[str, Any] | None:
         """The public view of a task, times as aware UTC; None if unknown."""
+        self.ensure_indexes()  # (which adopts 0.1's tasks: they are visible at once)
         doc = self.collection.find_one({"task_id": task_id, "type": self.type}, _PUBLIC_PROJECTION)
         return None if doc is None else self._views([doc])[0]
 
@@ -565,6 +573,7 @@ class TaskStore:
         `search` keeps tasks whose id, params or error hold the text (a scan of the type's
         tasks, bounded by the page: MongoDB stops once `skip + limit` match).
         """
+        self.ensure_indexes()
         query: dict[str, Any] = {"type": self.type}
         if status:
             query["status"] = status
@@ -609,9 +618,11 @@ class TaskStore:
         cursor = self.collection.find({"task_id": {"$in": task_ids}}, {"_id": 0, "task_id": 1})
         return {doc["task_id"] for doc in cursor}
 
-    def ping(self) -> None:
-        """Raise unless the database answers a query."""
-        self.collection.find_one({"task_id": "__asynctask_healthz__"}, {"_id": 1})
+    def ping(self, timeout: float = PING_TIMEOUT) -> None:
+        """Raise unless the database answers a query within `timeout` seconds (server selection
+        included: an unreachable or stalled database is a prompt error, not a 30 s wait)."""
+        with pymongo.timeout(timeout):
+            self.collection.find_one({"task_id": "__asynctask_healthz__"}, {"_id": 1})
 
     def update(self, task_id: str, data: Mapping[str, Any], now: datetime | None = None) -> None:
         """Upsert fields of a task's document, stamping `update_time` unless given.
