@@ -94,9 +94,18 @@ class AsyncClient:
             query["status"] = status
         return await self._request("GET", self.url, params=query)
 
-    async def aclose(self) -> None:
-        """Close the pooled connections."""
+    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One request to a route under the task endpoint (`path` such as "schedules"); returns
+        the envelope's `data`, or raises as the other methods do. `kwargs` go to httpx."""
+        return await self._request(method, f"{self.url}/{path.lstrip('/')}", **kwargs)
+
+    async def close(self) -> None:
+        """Close the pooled connections (as `Client.close`)."""
         await self.http.aclose()
+
+    async def aclose(self) -> None:
+        """`close`, under httpx's name for it."""
+        await self.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self

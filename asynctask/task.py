@@ -9,6 +9,7 @@ recovery (`_sweep`, from each worker's loop): orphans back to the queue, stuck s
 from __future__ import annotations
 
 import builtins
+import inspect
 import logging
 import os
 import random
@@ -208,6 +209,9 @@ class AsyncTask:
             raise TypeError(f"worker must be True or False, not {worker!r}")
         self.worker = worker
         self._signature = Signature(self.main)
+        for hook in ("get_task_id", "retrieve", "callback"):
+            if inspect.iscoroutinefunction(getattr(self, hook)):
+                raise TypeError(f"{hook} must be a plain function, not async def (only main may be a coroutine)")
         self._executors = Executors(option("executor", executor), option("max_worker", max_worker),
                                     self._progress_from_child)
         self.collection = collection

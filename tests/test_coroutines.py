@@ -243,6 +243,17 @@ def test_the_fastapi_example_serves_and_awaits_tasks_under_uvicorn(tmp_path):
         server.wait(20)
 
 
+@pytest.mark.parametrize("hook", ["get_task_id", "retrieve", "callback"])
+def test_an_async_def_hook_other_than_main_is_a_type_error_at_construction(tmp_path, hook):
+    async def coroutine_hook(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+    hooked = type("Hooked", (Sleepy,), {hook: coroutine_hook})
+    with pytest.raises(TypeError, match=hook):
+        hooked(MemoryCollection(), tmp_path / "logs")
+    assert not (tmp_path / "logs").exists() or not list((tmp_path / "logs").iterdir())
+
+
 def test_the_async_client_submits_waits_and_raises_like_the_client(tmp_path):
     import asyncio as aio
     import socket
@@ -278,6 +289,10 @@ def test_the_async_client_submits_waits_and_raises_like_the_client(tmp_path):
             await client.cancel(slow)
             with pytest.raises(asynctask.TaskCancelled):
                 await client.wait(slow, timeout=30)
+            assert "schedules" in await client.call("GET", "schedules")
+        plain = asynctask.AsyncClient(f"http://127.0.0.1:{port}")
+        assert (await plain.get(task_id))["status"] == "success"
+        await plain.close()
 
     try:
         aio.run(use())
