@@ -297,13 +297,14 @@ class Worker:
             self.stop_attempts(task_id, "cancelled", number)
 
     def _beat(self) -> None:
-        """Heartbeat, registry, the type's sweep and upkeep: each step on its own."""
-        _logged(self._heartbeat)
+        """Registry, heartbeat, the type's sweep and upkeep: each step on its own. The entry
+        comes first: a remote worker's heartbeat carries it, so its first one shows its slots."""
         if self.claiming:
             with self._cond:
                 running = len(self._in_flight)
             _logged(self.backend.register, self.owner, slots=self.capacity, running=running,
                     started_at=self.started_at)
+        _logged(self._heartbeat)
         if self.claiming or self.sweeping:
             _logged(self.backend.maintain, self.owner)
 

@@ -242,6 +242,9 @@ def finished(base: str, task_id: str) -> dict[str, Any] | None:
 def test_a_remote_worker_runs_tasks_with_logs_progress_and_cancel(fleet):
     _, base = fleet["service"]()
     worker = fleet["worker"](base)
+    listed = wait_until(lambda: api("GET", f"{base}/workers")[1]["data"]["workers"], "the worker is listed",
+                        timeout=DEADLINE, interval=0.02)
+    assert [(w["pid"], w["slots"]) for w in listed] == [(worker.proc.pid, 2)], "listed with its slots from the first"
     task_id = api("POST", f"{base}/api", {"data": {"seconds": 1.0, "steps": 4}})[1]["data"]["task_id"]
     wait_until(lambda: (view(base, task_id).get("progress") or {}).get("percent", 0) > 0, "progress shows",
                timeout=DEADLINE)

@@ -251,6 +251,16 @@ def test_an_invalid_id_is_refused_before_the_database_by_every_method(make_task,
     assert list((tmp_path / "logs").iterdir()) == []
 
 
+def test_the_stored_document_holds_aware_utc_times(make_task, wait_for):
+    task = make_task(Echo)
+    task_id = task.run(value=1)
+    assert wait_for(task, task_id)["status"] == "success"
+    doc = task.collection.find_one({"task_id": task_id})
+    times = {name: doc[name] for name in ("created_at", "update_time", "started_at", "finished_at")}
+    assert all(value.tzinfo is not None and value.utcoffset() == timedelta(0) for value in times.values()), times
+    assert times["created_at"] <= times["started_at"] <= times["finished_at"]
+
+
 def test_run_with_task_id_refuses_other_params(make_task, wait_for):
     task = make_task(Echo)
     task_id = task.run(value=1)

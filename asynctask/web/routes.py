@@ -204,10 +204,7 @@ def create_blueprint(task: AsyncTask, endpoint: str = "/api", name: str | None =
         # Only a task of this type has a log here: no other file in logger_dir is ever served.
         if task.retrieve(task_id) is None:
             raise TaskNotFound(f"task {task_id!r} not found")
-        read = read_log(task.logger_dir, task_id, offset)
-        if read is None:
-            raise TaskNotFound(f"task {task_id!r} has no log")
-        chunk, next_offset = read
+        chunk, next_offset = read_log(task.logger_dir, task_id, offset) or (b"", 0)  # no line logged yet
         response = Response(chunk, mimetype="text/plain")
         response.headers["X-Log-Offset"] = str(next_offset)
         return response

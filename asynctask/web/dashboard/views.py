@@ -166,10 +166,7 @@ def create_blueprint() -> Blueprint:
             offset = max(int(request.args.get("offset", "0")), 0)
         except ValueError:
             abort(400, "offset must be a whole number of bytes")
-        read = read_log(task.logger_dir, task_id, offset)
-        if read is None:
-            abort(404, "the task has no log yet")
-        chunk, next_offset = read
+        chunk, next_offset = read_log(task.logger_dir, task_id, offset) or (b"", 0)  # no line logged yet
         response = Response(chunk, mimetype="text/plain")
         response.headers["X-Log-Offset"] = str(next_offset)
         return response
