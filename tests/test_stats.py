@@ -122,6 +122,10 @@ def test_run_time_of_tasks_finished_in_the_window(tasks):
     stats = task_stats(tasks, "Report", 60, now=NOW)
     # Run times: a 10s, b 30s, d 4s; e never started and has none.
     assert stats["run_time"] == {"p50": 10.0, "p95": 28.0}
+    # Per minute of the finish: a and d this minute, b the one before.
+    assert row(stats, THIS_MINUTE)["run_time"] == {"p50": 7.0, "p95": pytest.approx(9.7)}
+    assert row(stats, THIS_MINUTE - timedelta(minutes=1))["run_time"] == {"p50": 30.0, "p95": 30.0}
+    assert row(stats, THIS_MINUTE - timedelta(minutes=5))["run_time"] == {"p50": None, "p95": None}
 
 
 def test_queue_depth_counts_due_queued_tasks_and_running_ones(tasks):

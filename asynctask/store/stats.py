@@ -53,7 +53,8 @@ def task_stats(collection: Any, task_type: str, minutes: int = 60, now: datetime
         {"type": T, "minutes": M, "since": datetime, "until": datetime,
          "series": [{"minute": datetime, "submitted": n, "started": n,
                      "finished": {"success": n, "failed": n, "cancelled": n},
-                     "queue_wait": {"p50": s, "p95": s}}, ...],   # one per minute, oldest first
+                     "queue_wait": {"p50": s, "p95": s},
+                     "run_time": {"p50": s, "p95": s}}, ...],     # one per minute, oldest first
          "totals": {"submitted": n, "started": n, "finished": {"success": n, ...}},
          "queue_wait": {"p50": s, "p95": s}, "run_time": {"p50": s, "p95": s},
          "queue_depth": n, "running": n}
@@ -78,6 +79,7 @@ def task_stats(collection: Any, task_type: str, minutes: int = 60, now: datetime
         {
             "minute": since + i * _MINUTE, "submitted": 0, "started": 0,
             "finished": dict.fromkeys(FINISHED_STATUSES, 0), "queue_wait": {"p50": None, "p95": None},
+            "run_time": {"p50": None, "p95": None},
         }
         for i in range(minutes)
     ]
@@ -110,6 +112,7 @@ def task_stats(collection: Any, task_type: str, minutes: int = 60, now: datetime
             row["queue_wait"] = _percentiles(samples)
 
     run_times: list[float] = []
+    runs_by_minute: dict[int, list[float]] = {}
     for doc in _find(
         collection, {"type": task_type, "finished_at": window}, ("finished_at", "started_at", "status")
     ):
@@ -120,7 +123,13 @@ def task_stats(collection: Any, task_type: str, minutes: int = 60, now: datetime
         row["finished"][status] += 1
         started = doc.get("started_at")
         if isinstance(started, datetime):
-            run_times.append(max((_utc(doc["finished_at"]) - _utc(started)).total_seconds(), 0.0))
+            run_time = max((_utc(doc["finished_at"]) - _utc(started)).total_seconds(), 0.0)
+            run_times.append(run_time)
+            runs_by_minute.setdefault(id(row), []).append(run_time)
+    for row in series:
+        samples = runs_by_minute.get(id(row))
+        if samples:
+            row["run_time"] = _percentiles(samples)
 
     queue_depth = collection.count_documents(
         {"type": task_type, "status": "queued", "run_at": {"$not": {"$gt": now}}}
