@@ -95,8 +95,7 @@ def task_stats(collection: Any, task_type: str, minutes: int = 60, now: datetime
         if row is not None:
             row["submitted"] += 1
 
-    waits: list[float] = []
-    waits_by_minute: dict[int, list[float]] = {}
+    waits, run_times = _Samples(), _Samples()
     for doc in _find(collection, {"type": task_type, "started_at": window}, ("started_at", "queued_at", "run_at")):
         row = bucket(doc.get("started_at"))
         if row is None:
@@ -104,15 +103,8 @@ def task_stats(collection: Any, task_type: str, minutes: int = 60, now: datetime
         row["started"] += 1
         wait = _queue_wait(doc)
         if wait is not None:
-            waits.append(wait)
-            waits_by_minute.setdefault(id(row), []).append(wait)
-    for row in series:
-        samples = waits_by_minute.get(id(row))
-        if samples:
-            row["queue_wait"] = _percentiles(samples)
+            waits.add(row, wait)
 
-    run_times: list[float] = []
-    runs_by_minute: dict[int, list[float]] = {}
     for doc in _find(
         collection, {"type": task_type, "finished_at": window}, ("finished_at", "started_at", "status")
     ):
@@ -123,13 +115,9 @@ def task_stats(collection: Any, task_type: str, minutes: int = 60, now: datetime
         row["finished"][status] += 1
         started = doc.get("started_at")
         if isinstance(started, datetime):
-            run_time = max((_utc(doc["finished_at"]) - _utc(started)).total_seconds(), 0.0)
-            run_times.append(run_time)
-            runs_by_minute.setdefault(id(row), []).append(run_time)
-    for row in series:
-        samples = runs_by_minute.get(id(row))
-        if samples:
-            row["run_time"] = _percentiles(samples)
+            run_times.add(row, max((_utc(doc["finished_at"]) - _utc(started)).total_seconds(), 0.0))
+    waits.fill(series, "queue_wait")
+    run_times.fill(series, "run_time")
 
     queue_depth = collection.count_documents(
         {"type": task_type, "status": "queued", "run_at": {"$not": {"$gt": now}}}
@@ -148,11 +136,30 @@ def task_stats(collection: Any, task_type: str, minutes: int = 60, now: datetime
         "until": until,
         "series": series,
         "totals": totals,
-        "queue_wait": _percentiles(waits),
-        "run_time": _percentiles(run_times),
+        "queue_wait": _percentiles(waits.values),
+        "run_time": _percentiles(run_times.values),
         "queue_depth": queue_depth,
         "running": running,
     }
+
+
+class _Samples:
+    """Seconds sampled over the window, also kept per minute's row."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self._by_row: dict[int, list[float]] = {}
+
+    def add(self, row: dict[str, Any], value: float) -> None:
+        self.values.append(value)
+        self._by_row.setdefault(id(row), []).append(value)
+
+    def fill(self, series: list[dict[str, Any]], name: str) -> None:
+        """Set each row's `name` to the percentiles of its samples (rows without any keep None)."""
+        for row in series:
+            samples = self._by_row.get(id(row))
+            if samples:
+                row[name] = _percentiles(samples)
 
 
 def _find(collection: Any, query: dict[str, Any], fields: Iterable[str]) -> Iterable[dict[str, Any]]:
