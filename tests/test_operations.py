@@ -633,11 +633,13 @@ def test_healthz_answers_503_promptly_when_the_database_stalls_or_is_gone(tmp_pa
     server = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "mongo_wire.py"),
                                "--port", "0", "--watch-stdin"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     clients: list[MongoClient] = []
+    tasks: list[Quick] = []
     try:
         port = _read_port(server, 10)
         for uri in (f"mongodb://127.0.0.1:{port}/?directConnection=true", "mongodb://127.0.0.1:9/"):
             clients.append(MongoClient(uri, tz_aware=True, connect=False))
-        stalling, gone = (Quick(client.asynctask_test.healthz, tmp_path / "logs", worker=False) for client in clients)
+            tasks.append(Quick(clients[-1].asynctask_test.healthz, tmp_path / "logs", worker=False))
+        stalling, gone = tasks
         stalling_client = stalling.app("/api").test_client()
         envelope(stalling_client.get("/healthz"), 200)
         os.kill(server.pid, signal.SIGSTOP)
@@ -651,9 +653,9 @@ def test_healthz_answers_503_promptly_when_the_database_stalls_or_is_gone(tmp_pa
         started = time.monotonic()
         envelope(gone.app("/api").test_client().get("/healthz"), 503)
         assert time.monotonic() - started < 20
-        for task in (stalling, gone):
-            task.shutdown()
     finally:
+        for task in tasks:
+            task.shutdown()
         for client in clients:
             client.close()
         _stop(server)
